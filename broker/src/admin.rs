@@ -1,0 +1,376 @@
+//! The `BrokerAdmin` gRPC service: group status, topics, append/read by offset, consumer
+//! offsets and on-demand snapshots. Writes are proposed on the leader; a follower forwards
+//! them there once (a forwarded request is never forwarded again).
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use rocketraft_proto::admin as pb;
+use rocketraft_proto::admin::broker_admin_server::BrokerAdmin;
+use rocketraft_raft_store::{Command, CommandResult, Raft, Rejection, StateReader, limits};
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::proposer::{Proposed, Proposer};
+
+/// Largest admin request or response: one maximal batch plus framing.
+pub const ADMIN_MESSAGE_BYTES_MAX: usize = limits::BATCH_BYTES_MAX + 4 * 1024 * 1024;
+/// Most messages one ReadMessages call returns.
+pub const READ_COUNT_MAX: u32 = 4096;
+/// Bytes of bodies one ReadMessages call returns at most (at least one message is returned).
+pub const READ_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Metadata key marking a request a follower forwarded to the leader.
+const FORWARDED: &str = "x-rocketraft-forwarded";
+
+pub struct AdminService {
+    pub node_id: u64,
+    pub group: String,
+    pub raft: Raft,
+    pub reader: StateReader,
+    pub proposer: Proposer,
+}
+
+fn rejection_status(r: Rejection) -> Status {
+    match r {
+        Rejection::UnknownTopic(_) => Status::not_found(r.to_string()),
+        Rejection::NotWritable(_) => Status::permission_denied(r.to_string()),
+        Rejection::QueueOutOfRange { .. }
+        | Rejection::KindNotAccepted { .. }
+        | Rejection::Invalid { .. } => Status::invalid_argument(r.to_string()),
+    }
+}
+
+fn unexpected(result: CommandResult) -> Status {
+    match result {
+        CommandResult::Rejected(r) => rejection_status(r),
+        other => Status::internal(format!("unexpected result {other:?}")),
+    }
+}
+
+fn is_forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED)
+}
+
+fn forwarded<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl AdminService {
+    /// Proposes `cmd`; `Ok(Err(addr))` means "forward the request to the leader at addr".
+    async fn propose(
+        &self,
+        cmd: Command,
+        already_forwarded: bool,
+    ) -> Result<Result<(CommandResult, u64), String>, Status> {
+        match self.proposer.propose(cmd).await? {
+            Proposed::Applied { result, log_index } => Ok(Ok((result, log_index))),
+            Proposed::Forward(addr) if already_forwarded => Err(Status::unavailable(format!(
+                "node {} is not the leader (leader at {addr}) and the request was already forwarded once",
+                self.node_id
+            ))),
+            Proposed::Forward(addr) => Ok(Err(addr)),
+        }
+    }
+
+    fn check_queue(&self, topic: &str, queue_id: u32) -> Result<(), Status> {
+        let t = self
+            .reader
+            .topic(topic)
+            .ok_or_else(|| rejection_status(Rejection::UnknownTopic(topic.to_string())))?;
+        if queue_id >= t.queue_count {
+            return Err(rejection_status(Rejection::QueueOutOfRange {
+                topic: topic.to_string(),
+                queue_id,
+                queue_count: t.queue_count,
+            }));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl BrokerAdmin for AdminService {
+    async fn group_status(
+        &self,
+        _req: Request<pb::GroupStatusRequest>,
+    ) -> Result<Response<pb::GroupStatusResponse>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let commit_index = self
+            .raft
+            .with_raft_state(|s| s.committed.map(|l| l.index))
+            .await
+            .map_err(|e| Status::unavailable(format!("raft node stopped: {e}")))?;
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.map(|l| l.index).unwrap_or(0));
+                pb::Member {
+                    node_id: *id,
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.map(|mi| commit_index.unwrap_or(0).saturating_sub(mi)),
+                }
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => "Leader",
+            ServerState::Follower => "Follower",
+            ServerState::Candidate => "Candidate",
+            ServerState::Learner => "Learner",
+            ServerState::Shutdown => "Shutdown",
+        };
+        Ok(Response::new(pb::GroupStatusResponse {
+            node_id: self.node_id,
+            group: self.group.clone(),
+            role: role.to_string(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            commit_index: commit_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            members,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+        }))
+    }
+
+    async fn put_topic(
+        &self,
+        req: Request<pb::PutTopicRequest>,
+    ) -> Result<Response<pb::PutTopicResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let topic = msg
+            .topic
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("topic is required"))?;
+        let cfg = convert::topic_from_pb(topic)?;
+        limits::validate_topic_config(&cfg).map_err(rejection_status)?;
+        match self.propose(Command::PutTopic(cfg), fwd).await? {
+            Ok((CommandResult::TopicPut, _)) => Ok(Response::new(pb::PutTopicResponse {})),
+            Ok((other, _)) => Err(unexpected(other)),
+            Err(leader) => {
+                self.proposer
+                    .client(&leader)?
+                    .put_topic(forwarded(msg))
+                    .await
+            }
+        }
+    }
+
+    async fn get_topic(
+        &self,
+        req: Request<pb::GetTopicRequest>,
+    ) -> Result<Response<pb::GetTopicResponse>, Status> {
+        let name = req.into_inner().name;
+        let t = self
+            .reader
+            .topic(&name)
+            .ok_or_else(|| rejection_status(Rejection::UnknownTopic(name)))?;
+        Ok(Response::new(pb::GetTopicResponse {
+            topic: Some(convert::topic_to_pb(&t)),
+        }))
+    }
+
+    async fn append(
+        &self,
+        req: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        limits::validate_name("topic", &msg.topic).map_err(rejection_status)?;
+        let messages: Vec<_> = msg
+            .messages
+            .iter()
+            .cloned()
+            .map(convert::message_from_pb)
+            .collect();
+        limits::validate_batch(&messages).map_err(rejection_status)?;
+        // Check the target against local state when we know the topic; the leader checks
+        // again at apply time, so a stale follower view cannot let a bad append through.
+        if self.reader.topic(&msg.topic).is_some() {
+            limits::validate_append_target(
+                self.reader.topic(&msg.topic).as_ref(),
+                &msg.topic,
+                msg.queue_id,
+                &messages,
+            )
+            .map_err(rejection_status)?;
+        }
+        let cmd = Command::Append {
+            topic: msg.topic.clone(),
+            queue_id: msg.queue_id,
+            store_timestamp_ms: now_ms(),
+            messages,
+        };
+        match self.propose(cmd, fwd).await? {
+            Ok((
+                CommandResult::Appended {
+                    first_offset,
+                    count,
+                    store_timestamp_ms,
+                },
+                log_index,
+            )) => Ok(Response::new(pb::AppendResponse {
+                first_offset,
+                count,
+                store_timestamp_ms,
+                log_index,
+            })),
+            Ok((other, _)) => Err(unexpected(other)),
+            Err(leader) => self.proposer.client(&leader)?.append(forwarded(msg)).await,
+        }
+    }
+
+    async fn read_messages(
+        &self,
+        req: Request<pb::ReadMessagesRequest>,
+    ) -> Result<Response<pb::ReadMessagesResponse>, Status> {
+        let r = req.into_inner();
+        self.check_queue(&r.topic, r.queue_id)?;
+        if r.max_count > READ_COUNT_MAX {
+            return Err(Status::invalid_argument(format!(
+                "max_count is {}; the limit is {READ_COUNT_MAX}",
+                r.max_count
+            )));
+        }
+        let mut stored = self
+            .reader
+            .read_messages(&r.topic, r.queue_id, r.offset, r.max_count.max(1) as usize)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut bytes = 0usize;
+        let keep = stored
+            .iter()
+            .take_while(|m| {
+                bytes += m.message.body.len();
+                bytes <= READ_BYTES_MAX
+            })
+            .count()
+            .max(1)
+            .min(stored.len());
+        stored.truncate(keep);
+        let offset_next = self.reader.queue_state(&r.topic, r.queue_id).offset_next;
+        Ok(Response::new(pb::ReadMessagesResponse {
+            messages: stored.into_iter().map(convert::stored_to_pb).collect(),
+            offset_next,
+        }))
+    }
+
+    async fn queue_offsets(
+        &self,
+        req: Request<pb::QueueOffsetsRequest>,
+    ) -> Result<Response<pb::QueueOffsetsResponse>, Status> {
+        let r = req.into_inner();
+        self.check_queue(&r.topic, r.queue_id)?;
+        let q = self.reader.queue_state(&r.topic, r.queue_id);
+        Ok(Response::new(pb::QueueOffsetsResponse {
+            offset_min: q.offset_min,
+            offset_next: q.offset_next,
+        }))
+    }
+
+    async fn commit_offset(
+        &self,
+        req: Request<pb::CommitOffsetRequest>,
+    ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        limits::validate_name("consumer_group", &msg.consumer_group).map_err(rejection_status)?;
+        limits::validate_name("topic", &msg.topic).map_err(rejection_status)?;
+        let cmd = Command::CommitOffset {
+            group: msg.consumer_group.clone(),
+            topic: msg.topic.clone(),
+            queue_id: msg.queue_id,
+            offset: msg.offset,
+        };
+        match self.propose(cmd, fwd).await? {
+            Ok((CommandResult::OffsetCommitted, _)) => {
+                Ok(Response::new(pb::CommitOffsetResponse {}))
+            }
+            Ok((other, _)) => Err(unexpected(other)),
+            Err(leader) => {
+                self.proposer
+                    .client(&leader)?
+                    .commit_offset(forwarded(msg))
+                    .await
+            }
+        }
+    }
+
+    async fn get_consumer_offset(
+        &self,
+        req: Request<pb::GetConsumerOffsetRequest>,
+    ) -> Result<Response<pb::GetConsumerOffsetResponse>, Status> {
+        let r = req.into_inner();
+        self.check_queue(&r.topic, r.queue_id)?;
+        let offset = self
+            .reader
+            .consumer_offset(&r.consumer_group, &r.topic, r.queue_id)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::GetConsumerOffsetResponse { offset }))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let purge = req.into_inner().purge_log;
+        let stopped =
+            |e: openraft::error::Fatal<u64>| Status::unavailable(format!("raft node stopped: {e}"));
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+        self.raft.trigger().snapshot().await.map_err(stopped)?;
+        let m = self
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(
+                |m| m.snapshot.map(|l| l.index) >= applied,
+                "snapshot covers what was applied when it was requested",
+            )
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("snapshot did not complete: {e}")))?;
+        let snapshot_index = m.snapshot.map(|l| l.index).unwrap_or(0);
+        let mut purged_index = m.purged.map(|l| l.index);
+        if purge && m.snapshot.is_some() {
+            self.raft
+                .trigger()
+                .purge_log(snapshot_index)
+                .await
+                .map_err(stopped)?;
+            // openraft purges once no replication still reads those entries; give it a
+            // moment and report what actually happened.
+            let m = self
+                .raft
+                .wait(Some(Duration::from_secs(10)))
+                .metrics(
+                    |m| m.purged.map(|l| l.index) >= Some(snapshot_index),
+                    "log purged",
+                )
+                .await;
+            purged_index = match m {
+                Ok(m) => m.purged.map(|l| l.index),
+                Err(_) => self.raft.metrics().borrow().purged.map(|l| l.index),
+            };
+        }
+        Ok(Response::new(pb::SnapshotResponse {
+            snapshot_index,
+            purged_index,
+        }))
+    }
+}

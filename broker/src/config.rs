@@ -1,0 +1,316 @@
+//! Broker node configuration: a TOML file, overridden by `ROCKETRAFT_*` environment
+//! variables, overridden by command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+/// Everything a broker node needs to start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub node_id: u64,
+    /// Name of the broker group this node belongs to.
+    pub group: String,
+    /// Address to listen on (Raft, admin and client traffic share it).
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this node; defaults to `listen`.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    /// Initial voters of the group: node id -> advertised address (this node included).
+    pub members: BTreeMap<u64, String>,
+    #[serde(default = "defaults::heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "defaults::election_timeout_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "defaults::election_timeout_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    #[serde(default = "defaults::snapshot_logs_since_last")]
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept before a snapshot's index when the log is purged, so that a briefly
+    /// lagging follower can catch up from the log instead of a full snapshot.
+    #[serde(default = "defaults::log_keep_before_snapshot")]
+    pub log_keep_before_snapshot: u64,
+}
+
+mod defaults {
+    pub fn heartbeat_interval_ms() -> u64 {
+        150
+    }
+    // Followers notice a dead leader within 0.75-1.5 s, which leaves room for the election
+    // inside the 3 s failover budget.
+    pub fn election_timeout_min_ms() -> u64 {
+        750
+    }
+    pub fn election_timeout_max_ms() -> u64 {
+        1500
+    }
+    pub fn snapshot_logs_since_last() -> u64 {
+        100_000
+    }
+    pub fn log_keep_before_snapshot() -> u64 {
+        1_000
+    }
+}
+
+/// Command-line flags; each also reads a `ROCKETRAFT_*` environment variable.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "rocketraft-broker",
+    version,
+    about = "A rocketraft broker node (one member of a Raft broker group)"
+)]
+pub struct BrokerArgs {
+    /// TOML config file; flags and ROCKETRAFT_* variables override its values.
+    #[arg(long, env = "ROCKETRAFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "ROCKETRAFT_NODE_ID")]
+    pub node_id: Option<u64>,
+    #[arg(long, env = "ROCKETRAFT_GROUP")]
+    pub group: Option<String>,
+    #[arg(long, env = "ROCKETRAFT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "ROCKETRAFT_ADVERTISE")]
+    pub advertise: Option<String>,
+    #[arg(long, env = "ROCKETRAFT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial members as `id=host:port,id=host:port,...`.
+    #[arg(long, env = "ROCKETRAFT_MEMBERS")]
+    pub members: Option<String>,
+    #[arg(long, env = "ROCKETRAFT_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[arg(long, env = "ROCKETRAFT_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "ROCKETRAFT_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    #[arg(long, env = "ROCKETRAFT_SNAPSHOT_LOGS_SINCE_LAST")]
+    pub snapshot_logs_since_last: Option<u64>,
+    #[arg(long, env = "ROCKETRAFT_LOG_KEEP_BEFORE_SNAPSHOT")]
+    pub log_keep_before_snapshot: Option<u64>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "ROCKETRAFT_LOG_JSON")]
+    pub log_json: bool,
+}
+
+pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("members: {part:?} is not of the form id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("members: node id {id:?} is not a number"))?;
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            bail!("members: node id {id} appears twice");
+        }
+    }
+    Ok(out)
+}
+
+/// The TOML file with every field optional, so that flags can fill the gaps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    group: Option<String>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    members: Option<BTreeMap<String, String>>,
+    heartbeat_interval_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    snapshot_logs_since_last: Option<u64>,
+    log_keep_before_snapshot: Option<u64>,
+}
+
+impl BrokerArgs {
+    /// Merges file, environment and flags into a validated config.
+    pub fn resolve(&self) -> anyhow::Result<BrokerConfig> {
+        let file: FileConfig = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+        };
+        let file_members = match file.members {
+            None => None,
+            Some(m) => {
+                let mut out = BTreeMap::new();
+                for (id, addr) in m {
+                    let id: u64 = id.parse().with_context(|| {
+                        format!("members: node id {id:?} in the config file is not a number")
+                    })?;
+                    out.insert(id, addr);
+                }
+                Some(out)
+            }
+        };
+        let members = match &self.members {
+            Some(s) => Some(parse_members(s)?),
+            None => file_members,
+        };
+        let config = BrokerConfig {
+            node_id: self
+                .node_id
+                .or(file.node_id)
+                .context("node_id is required (--node-id)")?,
+            group: self
+                .group
+                .clone()
+                .or(file.group)
+                .context("group is required (--group)")?,
+            listen: self
+                .listen
+                .or(file.listen)
+                .context("listen is required (--listen)")?,
+            advertise: self.advertise.clone().or(file.advertise),
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .context("data_dir is required (--data-dir)")?,
+            members: members.context("members is required (--members id=host:port,...)")?,
+            heartbeat_interval_ms: self
+                .heartbeat_interval_ms
+                .or(file.heartbeat_interval_ms)
+                .unwrap_or_else(defaults::heartbeat_interval_ms),
+            election_timeout_min_ms: self
+                .election_timeout_min_ms
+                .or(file.election_timeout_min_ms)
+                .unwrap_or_else(defaults::election_timeout_min_ms),
+            election_timeout_max_ms: self
+                .election_timeout_max_ms
+                .or(file.election_timeout_max_ms)
+                .unwrap_or_else(defaults::election_timeout_max_ms),
+            snapshot_logs_since_last: self
+                .snapshot_logs_since_last
+                .or(file.snapshot_logs_since_last)
+                .unwrap_or_else(defaults::snapshot_logs_since_last),
+            log_keep_before_snapshot: self
+                .log_keep_before_snapshot
+                .or(file.log_keep_before_snapshot)
+                .unwrap_or_else(defaults::log_keep_before_snapshot),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl BrokerConfig {
+    pub fn advertised_addr(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        rocketraft_raft_store::limits::validate_name("group", &self.group)?;
+        if !self.members.contains_key(&self.node_id) {
+            bail!(
+                "members must include this node (node_id {}); got ids {:?}",
+                self.node_id,
+                self.members.keys().collect::<Vec<_>>()
+            );
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms >= self.election_timeout_min_ms
+        {
+            bail!(
+                "heartbeat_interval_ms ({}) must be above 0 and below election_timeout_min_ms ({})",
+                self.heartbeat_interval_ms,
+                self.election_timeout_min_ms
+            );
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            bail!(
+                "election_timeout_min_ms ({}) must be below election_timeout_max_ms ({})",
+                self.election_timeout_min_ms,
+                self.election_timeout_max_ms
+            );
+        }
+        if self.snapshot_logs_since_last == 0 {
+            bail!("snapshot_logs_since_last must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_fills_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(
+            &path,
+            r#"
+node_id = 1
+group = "g1"
+listen = "127.0.0.1:8081"
+data_dir = "/tmp/x"
+heartbeat_interval_ms = 100
+[members]
+1 = "127.0.0.1:8081"
+2 = "127.0.0.1:8082"
+"#,
+        )
+        .unwrap();
+        let args = BrokerArgs {
+            config: Some(path),
+            node_id: Some(2),
+            listen: Some("127.0.0.1:8082".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.group, "g1");
+        assert_eq!(c.heartbeat_interval_ms, 100);
+        assert_eq!(c.election_timeout_min_ms, 750);
+        assert_eq!(c.members.len(), 2);
+        assert_eq!(c.advertised_addr(), "127.0.0.1:8082");
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let base = || BrokerArgs {
+            node_id: Some(3),
+            group: Some("g".into()),
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
+            members: Some("1=a:1,2=b:2".into()),
+            ..Default::default()
+        };
+        let err = base().resolve().unwrap_err().to_string();
+        assert!(err.contains("members must include this node"), "{err}");
+        let mut a = base();
+        a.members = Some("1=a:1,1=b:2".into());
+        assert!(
+            a.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("appears twice")
+        );
+        let mut a = base();
+        a.members = Some("3=a:1".into());
+        a.heartbeat_interval_ms = Some(5000);
+        assert!(
+            a.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("heartbeat_interval_ms")
+        );
+    }
+}

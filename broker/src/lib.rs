@@ -1,0 +1,15 @@
+//! A rocketraft broker node: one member of a Raft broker group.
+//!
+//! - [`config`]: TOML file + `ROCKETRAFT_*` environment + flags -> [`config::BrokerConfig`].
+//! - [`node`]: the node's lifecycle (storage, Raft, gRPC server, bootstrap, shutdown).
+//! - [`admin`]: the internal `BrokerAdmin` gRPC service (status, topics, append, read).
+//! - [`proposer`]: proposing commands on the leader, or pointing at it for forwarding.
+//! - [`convert`]: wire types to domain types and back.
+//!
+//! Storage, replication and the state machine live in `rocketraft-raft-store`.
+
+pub mod admin;
+pub mod config;
+pub mod convert;
+pub mod node;
+pub mod proposer;

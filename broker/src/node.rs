@@ -1,0 +1,145 @@
+//! One broker node's lifecycle: open storage, start Raft and the gRPC server, bootstrap
+//! the group on first start, and shut down gracefully.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use rocketraft_proto::admin::broker_admin_server::BrokerAdminServer;
+use rocketraft_raft_store::{
+    LogStore, NetworkFactory, Raft, RaftTransportService, StateMachineStore, StateReader,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::{ADMIN_MESSAGE_BYTES_MAX, AdminService};
+use crate::config::BrokerConfig;
+use crate::proposer::Proposer;
+
+/// How long a write waits for a leader during an election before it fails.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Shutdown budget for in-flight requests, then for Raft itself.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct BrokerNode {
+    pub raft: Raft,
+    pub reader: StateReader,
+    pub local_addr: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    stop_server: tokio::sync::oneshot::Sender<()>,
+}
+
+fn raft_config(c: &BrokerConfig) -> anyhow::Result<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: c.group.clone(),
+        heartbeat_interval: c.heartbeat_interval_ms,
+        election_timeout_min: c.election_timeout_min_ms,
+        election_timeout_max: c.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: c.log_keep_before_snapshot,
+        // Bounded replication batches keep one slow follower from stalling the others.
+        max_payload_entries: 512,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    config.validate().context("invalid raft settings")
+}
+
+impl BrokerNode {
+    /// Starts the node and returns once it is serving; the group may still be electing.
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let log_store =
+            LogStore::open(&config.data_dir.join("raft-log")).context("opening the raft log")?;
+        let state_machine = StateMachineStore::open(&config.data_dir.join("state"))
+            .context("opening the state machine")?;
+        let reader = state_machine.reader();
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config(&config)?),
+            NetworkFactory::default(),
+            log_store,
+            state_machine,
+        )
+        .await
+        .context("starting raft")?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let admin = AdminService {
+            node_id: config.node_id,
+            group: config.group.clone(),
+            raft: raft.clone(),
+            reader: reader.clone(),
+            proposer: Proposer::new(raft.clone(), LEADER_WAIT),
+        };
+        let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(RaftTransportService::new(raft.clone()).into_server())
+            .add_service(
+                BrokerAdminServer::new(admin)
+                    .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX),
+            );
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        // Every node initializes with the same membership; openraft accepts that, and
+        // refuses (harmlessly) on a node whose log already holds a membership.
+        if !raft.is_initialized().await? {
+            let members: BTreeMap<u64, BasicNode> = config
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {
+                    tracing::info!(node_id = config.node_id, "initialized the group membership")
+                }
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::info!(node_id = config.node_id, "group already initialized: {e}")
+                }
+                Err(e) => return Err(e).context("initializing the group"),
+            }
+        }
+        tracing::info!(node_id = config.node_id, group = %config.group, addr = %local_addr, "broker node serving");
+        Ok(Self {
+            raft,
+            reader,
+            local_addr,
+            server,
+            stop_server,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded), stops Raft and flushes
+    /// the state machine.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop_server.send(());
+        match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("server ended with an error: {e}"),
+            Ok(Err(e)) => tracing::warn!("server task failed: {e}"),
+            Err(_) => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}"),
+        }
+        match tokio::time::timeout(DRAIN_TIMEOUT, self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("raft shutdown: {e}"),
+            Err(_) => tracing::warn!("raft did not stop within {DRAIN_TIMEOUT:?}"),
+        }
+        self.reader.flush().context("flushing the state machine")?;
+        tracing::info!("broker node stopped");
+        Ok(())
+    }
+}

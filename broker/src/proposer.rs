@@ -1,0 +1,112 @@
+//! Proposing commands to the broker group: on the leader through openraft, elsewhere by
+//! telling the caller where the leader is so it can forward the request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use rocketraft_proto::admin::broker_admin_client::BrokerAdminClient;
+use rocketraft_raft_store::{Command, CommandResult, Raft};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+/// Proposals waiting for commit at once; beyond this, callers wait for a slot.
+const PROPOSALS_IN_FLIGHT_MAX: usize = 8192;
+
+/// Where a proposal ended.
+pub enum Proposed {
+    /// Committed by a majority and applied here.
+    Applied {
+        result: CommandResult,
+        log_index: u64,
+    },
+    /// This node is not the leader; the leader serves at this address.
+    Forward(String),
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    raft: Raft,
+    slots: Arc<Semaphore>,
+    clients: Arc<Mutex<HashMap<String, BrokerAdminClient<Channel>>>>,
+    /// How long a proposal waits for a leader to be elected before giving up.
+    leader_wait: Duration,
+}
+
+impl Proposer {
+    pub fn new(raft: Raft, leader_wait: Duration) -> Self {
+        Self {
+            raft,
+            slots: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
+            clients: Arc::default(),
+            leader_wait,
+        }
+    }
+
+    /// Proposes `cmd`, waiting (up to `leader_wait`) while the group has no leader.
+    pub async fn propose(&self, cmd: Command) -> Result<Proposed, tonic::Status> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| tonic::Status::unavailable("broker is shutting down"))?;
+        let deadline = Instant::now() + self.leader_wait;
+        loop {
+            match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => {
+                    return Ok(Proposed::Applied {
+                        result: resp.data,
+                        log_index: resp.log_id.index,
+                    });
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let Some(node) = f.leader_node {
+                        return Ok(Proposed::Forward(node.addr));
+                    }
+                    // No leader known: an election is under way. Wait for its outcome.
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(tonic::Status::unavailable(format!(
+                            "the broker group has no leader after waiting {} ms",
+                            self.leader_wait.as_millis()
+                        )));
+                    }
+                    let _ = self
+                        .raft
+                        .wait(Some(deadline - now))
+                        .metrics(|m| m.current_leader.is_some(), "a leader is known")
+                        .await;
+                }
+                Err(RaftError::APIError(e)) => {
+                    return Err(tonic::Status::failed_precondition(e.to_string()));
+                }
+                Err(RaftError::Fatal(e)) => {
+                    return Err(tonic::Status::unavailable(format!(
+                        "raft node stopped: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// A (cached, lazily connected) admin client for the leader at `addr`.
+    pub fn client(&self, addr: &str) -> Result<BrokerAdminClient<Channel>, tonic::Status> {
+        let mut clients = self.clients.lock().expect("lock poisoned");
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| {
+                tonic::Status::internal(format!("leader address {addr:?} is invalid: {e}"))
+            })?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(1));
+        let client = BrokerAdminClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(crate::admin::ADMIN_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(crate::admin::ADMIN_MESSAGE_BYTES_MAX);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+}

@@ -1,0 +1,27 @@
+//! rocketraft's replicated storage: what makes a broker group a Raft group.
+//!
+//! - [`types`]: the openraft type config ([`TypeConfig`]) and the commands carried in log
+//!   entries ([`Command`]), with their results.
+//! - [`limits`]: limits and validation shared by the broker (before proposing) and the
+//!   state machine (when applying).
+//! - [`log_store`]: the Raft log on RocksDB; one WAL sync covers every append queued
+//!   while the previous sync ran (group commit).
+//! - [`state_machine`]: the applied state on RocksDB (messages by queue offset, queue
+//!   offsets, topics, consumer offsets) and [`StateReader`] for reads.
+//! - [`snapshot`]: the snapshot file format (a checksummed dump of the state machine).
+//! - [`network`]: the Raft transport over tonic, client and server side.
+//!
+//! The broker crate owns everything client-facing; it talks to the group only by proposing
+//! [`Command`]s through openraft and reading applied state through [`StateReader`].
+
+pub mod limits;
+pub mod log_store;
+pub mod network;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::LogStore;
+pub use network::{NetworkFactory, RaftTransportService};
+pub use state_machine::{QueueState, ReadError, StateMachineStore, StateReader};
+pub use types::*;

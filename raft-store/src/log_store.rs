@@ -1,0 +1,348 @@
+//! The Raft log on RocksDB, with group commit.
+//!
+//! Layout: column family `entries` maps a big-endian log index to a bincode [`Entry`];
+//! column family `meta` holds the vote, the committed log id and the last purged log id.
+//!
+//! Durability: `append` writes its batch to RocksDB without syncing (so the entries are
+//! readable at once, as openraft requires) and hands the flush callback to a syncer thread.
+//! The syncer drains every callback queued so far, syncs the WAL once, and then reports them
+//! all flushed. So one fsync covers every append that arrived while the previous fsync ran:
+//! the batching window is the fsync itself, never a timer. Votes and truncations are
+//! written with `sync = true` before returning, which also syncs everything written before
+//! them, keeping all log IO ordered.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote,
+};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+const CF_ENTRIES: &str = "entries";
+const CF_META: &str = "meta";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// Callbacks waiting for the next WAL sync; bounded because an unbounded queue is a bug
+/// (openraft bounds its own in-flight appends, so this never fills in practice).
+const SYNC_QUEUE_MAX: usize = 4096;
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| {
+        read_err(
+            ErrorSubject::Logs,
+            std::io::Error::other(format!("log key has {} bytes, expected 8", key.len())),
+        )
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn read_err(subject: ErrorSubject<NodeId>, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, ErrorVerb::Read, openraft::AnyError::new(&e)).into()
+}
+
+fn write_err(subject: ErrorSubject<NodeId>, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, ErrorVerb::Write, openraft::AnyError::new(&e)).into()
+}
+
+/// Shared by the store and its readers.
+struct Inner {
+    db: DB,
+}
+
+impl Inner {
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column family is created when the database is opened")
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let bytes = self
+            .db
+            .get_cf(self.cf(CF_META), key)
+            .map_err(|e| read_err(ErrorSubject::Store, e))?;
+        bytes
+            .map(|b| bincode::deserialize(&b).map_err(|e| read_err(ErrorSubject::Store, e)))
+            .transpose()
+    }
+
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let bytes = bincode::serialize(value).map_err(|e| write_err(ErrorSubject::Store, e))?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db
+            .put_cf_opt(self.cf(CF_META), key, bytes, &opts)
+            .map_err(|e| write_err(ErrorSubject::Store, e))
+    }
+
+    fn read_range(
+        &self,
+        start: u64,
+        end_exclusive: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_ENTRIES),
+            IteratorMode::From(&index_key(start), Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item.map_err(|e| read_err(ErrorSubject::Logs, e))?;
+            let index = key_index(&key)?;
+            if end_exclusive.is_some_and(|end| index >= end) {
+                break;
+            }
+            let entry: Entry =
+                bincode::deserialize(&value).map_err(|e| read_err(ErrorSubject::Logs, e))?;
+            debug_assert_eq!(
+                entry.log_id.index, index,
+                "log entry stored under a wrong key"
+            );
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let mut iter = self.db.iterator_cf(self.cf(CF_ENTRIES), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, value) = item.map_err(|e| read_err(ErrorSubject::Logs, e))?;
+                let entry: Entry =
+                    bincode::deserialize(&value).map_err(|e| read_err(ErrorSubject::Logs, e))?;
+                Ok(Some(*entry.get_log_id()))
+            }
+        }
+    }
+}
+
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("opening the raft log database: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("starting the raft log syncer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A flush callback plus nothing else: the syncer syncs the WAL, then reports.
+struct SyncRequest {
+    callback: LogFlushed<TypeConfig>,
+}
+
+/// The Raft log store. Cloning shares the database.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+    sync_tx: mpsc::SyncSender<SyncRequest>,
+}
+
+/// A reader for replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    inner: Arc<Inner>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // The log is written sequentially and read mostly from its tail; keep memtables
+        // moderate so that purged entries leave memory soon.
+        opts.set_write_buffer_size(64 * 1024 * 1024);
+        let cfs =
+            [CF_ENTRIES, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let inner = Arc::new(Inner { db });
+        let (sync_tx, sync_rx) = mpsc::sync_channel(SYNC_QUEUE_MAX);
+        let syncer_inner = inner.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || run_syncer(syncer_inner, sync_rx))?;
+        Ok(Self { inner, sync_tx })
+    }
+}
+
+/// Syncs the WAL for every batch of queued callbacks. Exits when every `LogStore` is gone.
+fn run_syncer(inner: Arc<Inner>, rx: mpsc::Receiver<SyncRequest>) {
+    let mut pending = Vec::new();
+    while let Ok(first) = rx.recv() {
+        pending.push(first);
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+        }
+        let result = inner
+            .db
+            .flush_wal(true)
+            .map_err(|e| std::io::Error::other(format!("syncing the raft log WAL: {e}")));
+        for req in pending.drain(..) {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            req.callback.log_io_completed(r);
+        }
+    }
+}
+
+fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => Some(e + 1),
+        Bound::Excluded(&e) => Some(e),
+        Bound::Unbounded => None,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = range_to_bounds(&range);
+        self.inner.read_range(start, end)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = range_to_bounds(&range);
+        self.inner.read_range(start, end)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.inner.get_meta(KEY_LAST_PURGED)?;
+        let last_log_id = self.inner.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            inner: self.inner.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.inner
+            .put_meta(KEY_VOTE, vote, true)
+            .map_err(|e| write_err(ErrorSubject::Vote, std::io::Error::other(e.to_string())))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.inner.get_meta(KEY_VOTE)
+    }
+
+    // Saved without sync: losing it only means re-applying from the state machine's own
+    // durable position, which openraft does anyway.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.inner.put_meta(KEY_COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .inner
+            .get_meta::<Option<LogId>>(KEY_COMMITTED)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.inner.cf(CF_ENTRIES);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let value = bincode::serialize(&entry).map_err(|e| write_err(ErrorSubject::Logs, e))?;
+            batch.put_cf(cf, index_key(entry.log_id.index), value);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        self.inner
+            .db
+            .write_opt(batch, &opts)
+            .map_err(|e| write_err(ErrorSubject::Logs, e))?;
+        self.sync_tx.send(SyncRequest { callback }).map_err(|_| {
+            write_err(
+                ErrorSubject::Logs,
+                std::io::Error::other("the raft log syncer thread has stopped"),
+            )
+        })
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.inner.cf(CF_ENTRIES),
+            index_key(log_id.index),
+            index_key(u64::MAX),
+        );
+        // u64::MAX itself is never a real index, so the exclusive end loses nothing.
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.inner
+            .db
+            .write_opt(batch, &opts)
+            .map_err(|e| write_err(ErrorSubject::Logs, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: if we crash in between, the log state is still
+        // consistent (entries below the mark are ignored, never a hole above it).
+        self.inner.put_meta(KEY_LAST_PURGED, &log_id, true)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.inner.cf(CF_ENTRIES),
+            index_key(0),
+            index_key(log_id.index + 1),
+        );
+        self.inner
+            .db
+            .write(batch)
+            .map_err(|e| write_err(ErrorSubject::Logs, e))
+    }
+}

@@ -1,0 +1,850 @@
+//! The replicated state machine on RocksDB, and read access to its applied state.
+//!
+//! Column families:
+//! - `messages`: `topic \0 queue_id(be32) offset(be64)` -> bincode [`StoredMessage`]
+//! - `queues`:   `topic \0 queue_id(be32)` -> bincode [`QueueState`]
+//! - `topics`:   `topic` -> bincode [`TopicConfig`]
+//! - `offsets`:  `group \0 topic \0 queue_id(be32)` -> be64 committed offset
+//! - `meta`:     last applied log id, last membership, install marker
+//!
+//! Writes skip RocksDB's WAL: the Raft log already holds every command durably, so the
+//! state machine only has to be a consistent prefix of it after a crash. `atomic_flush`
+//! makes every flush cover all column families at one point, `last_applied` is written in
+//! the same batch as the state it describes, and openraft replays the log from there on
+//! restart. The log is purged only up to a snapshot, and a snapshot flushes the memtables
+//! after it is taken, so the log never loses an entry the state machine still needs.
+//! This halves the bytes each message costs the disk (see docs/design.md).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
+};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, FlushOptions, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::limits;
+use crate::snapshot::{SnapshotFileError, SnapshotReader, SnapshotWriter};
+use crate::types::{
+    Command, CommandResult, Entry, LogId, Rejection, SnapshotMeta, StorageError, StoredMembership,
+    StoredMessage, TopicConfig, TypeConfig,
+};
+
+const CF_MESSAGES: &str = "messages";
+const CF_QUEUES: &str = "queues";
+const CF_TOPICS: &str = "topics";
+const CF_OFFSETS: &str = "offsets";
+const CF_META: &str = "meta";
+/// Column families in snapshot order; a record's cf byte is its position here plus one.
+const DATA_CFS: [&str; 5] = [CF_MESSAGES, CF_QUEUES, CF_TOPICS, CF_OFFSETS, CF_META];
+
+const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// Present while a snapshot is being loaded; on open it means "reload the snapshot".
+const KEY_INSTALLING: &[u8] = b"installing";
+
+/// Offsets of one queue: messages `offset_min..offset_next` are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    pub offset_min: u64,
+    pub offset_next: u64,
+}
+
+/// Errors of the read API.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+fn queue_key(topic: &str, queue_id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 5);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&queue_id.to_be_bytes());
+    k
+}
+
+fn message_key(topic: &str, queue_id: u32, offset: u64) -> Vec<u8> {
+    let mut k = queue_key(topic, queue_id);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn consumer_offset_key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + topic.len() + 6);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&queue_key(topic, queue_id));
+    k
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::StateMachine,
+        verb,
+        openraft::AnyError::new(&e),
+    )
+    .into()
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::Snapshot(None),
+        verb,
+        openraft::AnyError::new(&e),
+    )
+    .into()
+}
+
+/// State shared by the state machine, its snapshot builders and readers.
+struct Inner {
+    db: DB,
+    snapshot_dir: PathBuf,
+    /// Caches of small, hot state; the truth is in RocksDB. Updated only after the write
+    /// that they describe has been made, so a reader never sees an offset it cannot read.
+    topics: RwLock<HashMap<String, TopicConfig>>,
+    queues: RwLock<HashMap<(String, u32), QueueState>>,
+    applied_tx: watch::Sender<Option<LogId>>,
+    /// Where `begin_receiving_snapshot` put the incoming file.
+    receiving: Mutex<Option<PathBuf>>,
+    /// Serialises snapshot builds with installs: both replace the snapshot file.
+    snapshot_lock: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column family is created when the database is opened")
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ReadError> {
+        match self.db.get_cf(self.cf(CF_META), key)? {
+            None => Ok(None),
+            Some(b) => bincode::deserialize(&b).map(Some).map_err(|e| {
+                ReadError::Corrupt(format!("meta {:?}: {e}", String::from_utf8_lossy(key)))
+            }),
+        }
+    }
+
+    /// Flushes every column family's memtable, all at one point (atomic_flush).
+    fn flush(&self) -> Result<(), rocksdb::Error> {
+        let mut opts = FlushOptions::default();
+        opts.set_wait(true);
+        let cfs: Vec<_> = DATA_CFS.iter().map(|n| self.cf(n)).collect();
+        self.db.flush_cfs_opt(&cfs, &opts)
+    }
+
+    fn reload_caches(&self) -> Result<(), ReadError> {
+        let mut topics = HashMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_TOPICS), IteratorMode::Start) {
+            let (_, v) = item?;
+            let t: TopicConfig =
+                bincode::deserialize(&v).map_err(|e| ReadError::Corrupt(format!("topic: {e}")))?;
+            topics.insert(t.name.clone(), t);
+        }
+        let mut queues = HashMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_QUEUES), IteratorMode::Start) {
+            let (k, v) = item?;
+            let split = k
+                .iter()
+                .position(|b| *b == 0)
+                .filter(|p| k.len() == p + 5)
+                .ok_or_else(|| ReadError::Corrupt("queue key".into()))?;
+            let topic = String::from_utf8(k[..split].to_vec())
+                .map_err(|_| ReadError::Corrupt("queue key is not utf-8".into()))?;
+            let mut qid = [0u8; 4];
+            qid.copy_from_slice(&k[split + 1..]);
+            let q: QueueState =
+                bincode::deserialize(&v).map_err(|e| ReadError::Corrupt(format!("queue: {e}")))?;
+            queues.insert((topic, u32::from_be_bytes(qid)), q);
+        }
+        *self.topics.write().expect("lock poisoned") = topics;
+        *self.queues.write().expect("lock poisoned") = queues;
+        Ok(())
+    }
+
+    fn snapshot_files(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.snapshot_dir)? {
+            let p = e?.path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap-"))
+            {
+                out.push(p);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Makes `path` the only current snapshot file.
+    fn promote_snapshot_file(&self, path: &Path, snapshot_id: &str) -> std::io::Result<PathBuf> {
+        let dest = self.snapshot_dir.join(format!("snap-{snapshot_id}"));
+        let old = self.snapshot_files()?;
+        std::fs::rename(path, &dest)?;
+        File::open(&self.snapshot_dir)?.sync_all()?;
+        for p in old.into_iter().filter(|p| *p != dest) {
+            std::fs::remove_file(p)?;
+        }
+        Ok(dest)
+    }
+
+    /// Replaces the whole state with the snapshot in `path` (already verified).
+    fn load_snapshot_file(&self, path: &Path) -> Result<SnapshotMeta, SnapshotFileError> {
+        let io = |e: rocksdb::Error| SnapshotFileError::Io(std::io::Error::other(e.to_string()));
+        let mut no_wal = WriteOptions::default();
+        no_wal.disable_wal(true);
+        // Mark first and flush it, so a crash half way through is repaired on open.
+        self.db
+            .put_cf_opt(self.cf(CF_META), KEY_INSTALLING, b"1", &no_wal)
+            .map_err(io)?;
+        self.flush().map_err(io)?;
+
+        let mut batch = WriteBatch::default();
+        for name in DATA_CFS {
+            // Every key we write starts with a byte below 0xff (names are ASCII).
+            batch.delete_range_cf(self.cf(name), b"".as_slice(), [0xffu8; 8].as_slice());
+        }
+        self.db.write_opt(batch, &no_wal).map_err(io)?;
+
+        let mut reader = SnapshotReader::open(File::open(path)?)?;
+        let meta = reader.meta.clone();
+        let mut batch = WriteBatch::default();
+        while let Some((cf, key, value)) = reader.next_record()? {
+            let name = DATA_CFS
+                .get(usize::from(cf) - 1)
+                .ok_or_else(|| SnapshotFileError::Corrupt(format!("unknown column family {cf}")))?;
+            if *name == CF_META && key == KEY_INSTALLING {
+                continue;
+            }
+            batch.put_cf(self.cf(name), key, value);
+            if batch.size_in_bytes() > 4 << 20 {
+                self.db
+                    .write_opt(std::mem::take(&mut batch), &no_wal)
+                    .map_err(io)?;
+            }
+        }
+        // The snapshot's own meta is authoritative for what it covers.
+        let meta_cf = self.cf(CF_META);
+        batch.put_cf(meta_cf, KEY_LAST_APPLIED, encode_meta(&meta.last_log_id));
+        batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode_meta(&meta.last_membership));
+        batch.delete_cf(meta_cf, KEY_INSTALLING);
+        self.db.write_opt(batch, &no_wal).map_err(io)?;
+        self.flush().map_err(io)?;
+        self.reload_caches()
+            .map_err(|e| SnapshotFileError::Corrupt(e.to_string()))?;
+        Ok(meta)
+    }
+}
+
+/// bincode of a meta value; these are plain structs for which encoding cannot fail.
+fn encode_meta<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("meta values always serialize")
+}
+
+/// The state machine store handed to openraft.
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+/// Read access to the applied state, for the broker's services. Cheap to clone.
+#[derive(Clone)]
+pub struct StateReader {
+    inner: Arc<Inner>,
+}
+
+/// Snapshot builder handed to openraft.
+pub struct SnapshotBuilder {
+    inner: Arc<Inner>,
+}
+
+impl StateMachineStore {
+    /// Opens (or creates) the state machine under `dir` (RocksDB in `dir/db`, snapshots in
+    /// `dir/snapshots`).
+    pub fn open(dir: &Path) -> Result<Self, ReadError> {
+        let snapshot_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir)
+            .map_err(|e| ReadError::Corrupt(format!("creating {}: {e}", snapshot_dir.display())))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_atomic_flush(true);
+        let cfs = DATA_CFS.map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        let (applied_tx, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            db,
+            snapshot_dir,
+            topics: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            applied_tx,
+            receiving: Mutex::new(None),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+        });
+        if inner
+            .db
+            .get_cf(inner.cf(CF_META), KEY_INSTALLING)?
+            .is_some()
+        {
+            let snap = inner
+                .snapshot_files()
+                .ok()
+                .and_then(|f| f.last().cloned())
+                .ok_or_else(|| {
+                    ReadError::Corrupt("interrupted snapshot install and no snapshot file".into())
+                })?;
+            tracing::warn!(file = %snap.display(), "finishing an interrupted snapshot install");
+            inner
+                .load_snapshot_file(&snap)
+                .map_err(|e| ReadError::Corrupt(e.to_string()))?;
+        }
+        for f in std::fs::read_dir(&inner.snapshot_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("tmp-") || name.starts_with("recv-") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        inner.reload_caches()?;
+        let applied = inner.get_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
+        inner.applied_tx.send_replace(applied);
+        Ok(Self { inner })
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            inner: self.inner.clone(),
+        }
+    }
+
+    fn apply_command(
+        &self,
+        cmd: &Command,
+        batch: &mut WriteBatch,
+        topics: &mut HashMap<String, TopicConfig>,
+        queues: &mut HashMap<(String, u32), QueueState>,
+    ) -> Result<CommandResult, StorageError> {
+        let inner = &self.inner;
+        match cmd {
+            Command::Append {
+                topic,
+                queue_id,
+                store_timestamp_ms,
+                messages,
+            } => {
+                let topic_cfg = topics.get(topic).cloned().or_else(|| {
+                    inner
+                        .topics
+                        .read()
+                        .expect("lock poisoned")
+                        .get(topic)
+                        .cloned()
+                });
+                if let Err(r) = limits::validate_batch(messages).and_then(|_| {
+                    limits::validate_append_target(topic_cfg.as_ref(), topic, *queue_id, messages)
+                }) {
+                    return Ok(CommandResult::Rejected(r));
+                }
+                let qkey = (topic.clone(), *queue_id);
+                let mut q = match queues.get(&qkey) {
+                    Some(q) => *q,
+                    None => inner
+                        .queues
+                        .read()
+                        .expect("lock poisoned")
+                        .get(&qkey)
+                        .copied()
+                        .unwrap_or_default(),
+                };
+                let first_offset = q.offset_next;
+                let cf = inner.cf(CF_MESSAGES);
+                for m in messages {
+                    let stored = StoredMessage {
+                        topic: topic.clone(),
+                        queue_id: *queue_id,
+                        offset: q.offset_next,
+                        store_timestamp_ms: *store_timestamp_ms,
+                        message: m.clone(),
+                    };
+                    let value =
+                        bincode::serialize(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                    batch.put_cf(cf, message_key(topic, *queue_id, q.offset_next), value);
+                    q.offset_next += 1;
+                }
+                let qv = bincode::serialize(&q).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                batch.put_cf(inner.cf(CF_QUEUES), queue_key(topic, *queue_id), qv);
+                queues.insert(qkey, q);
+                Ok(CommandResult::Appended {
+                    first_offset,
+                    count: messages.len() as u32,
+                    store_timestamp_ms: *store_timestamp_ms,
+                })
+            }
+            Command::PutTopic(cfg) => {
+                if let Err(r) = limits::validate_topic_config(cfg) {
+                    return Ok(CommandResult::Rejected(r));
+                }
+                let old = topics.get(&cfg.name).cloned().or_else(|| {
+                    inner
+                        .topics
+                        .read()
+                        .expect("lock poisoned")
+                        .get(&cfg.name)
+                        .cloned()
+                });
+                if let Some(old) = old
+                    && cfg.queue_count < old.queue_count
+                {
+                    // Shrinking would orphan stored messages of the dropped queues.
+                    return Ok(CommandResult::Rejected(Rejection::Invalid {
+                        field: "topic.queue_count".into(),
+                        reason: format!(
+                            "is {}, below the current {}; queues cannot be removed from a topic",
+                            cfg.queue_count, old.queue_count
+                        ),
+                    }));
+                }
+                let v = bincode::serialize(cfg).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                batch.put_cf(inner.cf(CF_TOPICS), cfg.name.as_bytes(), v);
+                topics.insert(cfg.name.clone(), cfg.clone());
+                Ok(CommandResult::TopicPut)
+            }
+            Command::CommitOffset {
+                group,
+                topic,
+                queue_id,
+                offset,
+            } => {
+                if let Err(r) = limits::validate_name("consumer_group", group) {
+                    return Ok(CommandResult::Rejected(r));
+                }
+                let topic_cfg = topics.get(topic).cloned().or_else(|| {
+                    inner
+                        .topics
+                        .read()
+                        .expect("lock poisoned")
+                        .get(topic)
+                        .cloned()
+                });
+                let Some(topic_cfg) = topic_cfg else {
+                    return Ok(CommandResult::Rejected(Rejection::UnknownTopic(
+                        topic.clone(),
+                    )));
+                };
+                if *queue_id >= topic_cfg.queue_count {
+                    return Ok(CommandResult::Rejected(Rejection::QueueOutOfRange {
+                        topic: topic.clone(),
+                        queue_id: *queue_id,
+                        queue_count: topic_cfg.queue_count,
+                    }));
+                }
+                batch.put_cf(
+                    inner.cf(CF_OFFSETS),
+                    consumer_offset_key(group, topic, *queue_id),
+                    offset.to_be_bytes(),
+                );
+                Ok(CommandResult::OffsetCommitted)
+            }
+        }
+    }
+}
+
+impl StateReader {
+    pub fn last_applied(&self) -> Option<LogId> {
+        *self.inner.applied_tx.borrow()
+    }
+
+    /// Changes whenever entries have been applied; for long polling.
+    pub fn subscribe_applied(&self) -> watch::Receiver<Option<LogId>> {
+        self.inner.applied_tx.subscribe()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.inner
+            .topics
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .cloned()
+    }
+
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        let mut v: Vec<_> = self
+            .inner
+            .topics
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn queue_state(&self, topic: &str, queue_id: u32) -> QueueState {
+        self.inner
+            .queues
+            .read()
+            .expect("lock poisoned")
+            .get(&(topic.to_string(), queue_id))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Up to `max_count` messages of one queue from `offset` on, in offset order.
+    pub fn read_messages(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_count: usize,
+    ) -> Result<Vec<StoredMessage>, ReadError> {
+        let q = self.queue_state(topic, queue_id);
+        let start = offset.max(q.offset_min);
+        let end = q.offset_next.min(start.saturating_add(max_count as u64));
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(message_key(topic, queue_id, end));
+        let iter = self.inner.db.iterator_cf_opt(
+            self.inner.cf(CF_MESSAGES),
+            opts,
+            IteratorMode::From(&message_key(topic, queue_id, start), Direction::Forward),
+        );
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for item in iter {
+            let (_, v) = item?;
+            let m: StoredMessage = bincode::deserialize(&v)
+                .map_err(|e| ReadError::Corrupt(format!("message: {e}")))?;
+            // Offsets are dense: a gap here would be a lost message.
+            let expected = start + out.len() as u64;
+            if m.offset != expected {
+                return Err(ReadError::Corrupt(format!(
+                    "{topic}/{queue_id}: expected offset {expected}, found {}",
+                    m.offset
+                )));
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    pub fn consumer_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<Option<u64>, ReadError> {
+        let v = self.inner.db.get_cf(
+            self.inner.cf(CF_OFFSETS),
+            consumer_offset_key(group, topic, queue_id),
+        )?;
+        v.map(|b| {
+            <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| ReadError::Corrupt("consumer offset is not 8 bytes".into()))
+        })
+        .transpose()
+    }
+
+    /// Flushes applied state to disk; call on graceful shutdown.
+    pub fn flush(&self) -> Result<(), rocksdb::Error> {
+        self.inner.flush()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _guard = self.inner.snapshot_lock.lock().await;
+        let inner = self.inner.clone();
+        let path = tokio::task::spawn_blocking(move || build_snapshot_file(&inner))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))??;
+        let (meta, path) = path;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+/// Dumps a consistent view of every column family into a new snapshot file.
+fn build_snapshot_file(inner: &Inner) -> Result<(SnapshotMeta, PathBuf), StorageError> {
+    let werr = |e: SnapshotFileError| snap_err(ErrorVerb::Write, e);
+    let view = inner.db.snapshot();
+    let get = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
+        view.get_cf(inner.cf(CF_META), key)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))
+    };
+    let last_applied: Option<LogId> = match get(KEY_LAST_APPLIED)? {
+        Some(b) => bincode::deserialize(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+        None => None,
+    };
+    let last_membership: StoredMembership = match get(KEY_MEMBERSHIP)? {
+        Some(b) => bincode::deserialize(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+        None => StoredMembership::default(),
+    };
+    // Flush after taking the view: the durable state now covers at least the snapshot,
+    // so purging the log up to it can never lose an entry we would have to replay.
+    inner.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let snapshot_id = match last_applied {
+        Some(l) => format!("{:020}-{}-{nanos}", l.index, l.leader_id.term),
+        None => format!("{:020}-0-{nanos}", 0),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership,
+        snapshot_id: snapshot_id.clone(),
+    };
+    let tmp = inner.snapshot_dir.join(format!("tmp-{snapshot_id}"));
+    let file = File::create(&tmp).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let mut w = SnapshotWriter::new(file, &meta).map_err(werr)?;
+    for (i, name) in DATA_CFS.iter().enumerate() {
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&view);
+        for item in inner
+            .db
+            .iterator_cf_opt(inner.cf(name), opts, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            if *name == CF_META && &*k == KEY_INSTALLING {
+                continue;
+            }
+            w.record(i as u8 + 1, &k, &v).map_err(werr)?;
+        }
+    }
+    w.finish().map_err(werr)?;
+    let path = inner
+        .promote_snapshot_file(&tmp, &snapshot_id)
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    tracing::info!(%snapshot_id, "built snapshot");
+    Ok((meta, path))
+}
+
+impl StateMachineStore {
+    /// The path of the file holding a received snapshot. Normally that is the file
+    /// `begin_receiving_snapshot` created; if the caller handed us another file instead,
+    /// its contents are copied into the snapshot directory first.
+    async fn received_snapshot_path(
+        &self,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<PathBuf, StorageError> {
+        use std::os::unix::fs::MetadataExt;
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let werr = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
+        let mut file = snapshot;
+        file.flush().await.map_err(werr)?;
+        let handle_meta = file.metadata().await.map_err(werr)?;
+        let receiving = self.inner.receiving.lock().expect("lock poisoned").take();
+        if let Some(path) = receiving {
+            let path_meta = std::fs::metadata(&path).map_err(werr)?;
+            if (path_meta.dev(), path_meta.ino()) == (handle_meta.dev(), handle_meta.ino()) {
+                file.sync_all().await.map_err(werr)?;
+                return Ok(path);
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = self.inner.snapshot_dir.join(format!("recv-{nanos}"));
+        let mut copy = tokio::fs::File::create(&path).await.map_err(werr)?;
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(werr)?;
+        tokio::io::copy(&mut file, &mut copy).await.map_err(werr)?;
+        copy.sync_all().await.map_err(werr)?;
+        Ok(path)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let r = |e: ReadError| sm_err(ErrorVerb::Read, e);
+        let applied = self
+            .inner
+            .get_meta::<Option<LogId>>(KEY_LAST_APPLIED)
+            .map_err(r)?
+            .flatten();
+        let membership = self
+            .inner
+            .get_meta::<StoredMembership>(KEY_MEMBERSHIP)
+            .map_err(r)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let mut topics = HashMap::new();
+        let mut queues = HashMap::new();
+        let mut results = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for entry in entries {
+            let prev = last.or_else(|| *self.inner.applied_tx.borrow());
+            assert!(
+                prev.is_none_or(|p: LogId| p.index < entry.log_id.index),
+                "applied index must only grow: {prev:?} then {}",
+                entry.log_id
+            );
+            last = Some(entry.log_id);
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Normal(cmd) => {
+                    self.apply_command(cmd, &mut batch, &mut topics, &mut queues)?
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    CommandResult::None
+                }
+            };
+            results.push(result);
+        }
+        let Some(last) = last else {
+            return Ok(results);
+        };
+        let meta = self.inner.cf(CF_META);
+        batch.put_cf(meta, KEY_LAST_APPLIED, encode_meta(&Some(last)));
+        if let Some(m) = &membership {
+            batch.put_cf(meta, KEY_MEMBERSHIP, encode_meta(m));
+        }
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.inner
+            .db
+            .write_opt(batch, &opts)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        if !topics.is_empty() {
+            self.inner
+                .topics
+                .write()
+                .expect("lock poisoned")
+                .extend(topics);
+        }
+        if !queues.is_empty() {
+            self.inner
+                .queues
+                .write()
+                .expect("lock poisoned")
+                .extend(queues);
+        }
+        self.inner.applied_tx.send_replace(Some(last));
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            inner: self.inner.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = self.inner.snapshot_dir.join(format!("recv-{nanos}"));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let previous = self
+            .inner
+            .receiving
+            .lock()
+            .expect("lock poisoned")
+            .replace(path);
+        if let Some(p) = previous {
+            // An earlier transfer was abandoned.
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let _guard = self.inner.snapshot_lock.lock().await;
+        let path = self.received_snapshot_path(snapshot).await?;
+        let inner = self.inner.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let rerr = |e: SnapshotFileError| snap_err(ErrorVerb::Read, e);
+            let file_meta =
+                SnapshotReader::open(File::open(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?)
+                    .and_then(|r| r.verify())
+                    .map_err(rerr)?;
+            if file_meta.last_log_id != meta.last_log_id {
+                return Err(snap_err(
+                    ErrorVerb::Read,
+                    std::io::Error::other(format!(
+                        "snapshot file covers {:?} but the leader said {:?}",
+                        file_meta.last_log_id, meta.last_log_id
+                    )),
+                ));
+            }
+            let dest = inner
+                .promote_snapshot_file(&path, &meta.snapshot_id)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            inner.load_snapshot_file(&dest).map_err(rerr)?;
+            inner.applied_tx.send_replace(meta.last_log_id);
+            tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+            Ok(())
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let files = self
+            .inner
+            .snapshot_files()
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let Some(path) = files.last() else {
+            return Ok(None);
+        };
+        let reader =
+            SnapshotReader::open(File::open(path).map_err(|e| snap_err(ErrorVerb::Read, e))?)
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta: reader.meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
