@@ -40,15 +40,16 @@ pub struct BrokerConfig {
 
 mod defaults {
     pub fn heartbeat_interval_ms() -> u64 {
-        150
+        100
     }
-    // Followers notice a dead leader within 0.75-1.5 s, which leaves room for the election
-    // inside the 3 s failover budget.
+    // openraft makes followers refuse votes until election_timeout_max after the last
+    // heartbeat (the leader lease), so one election round takes up to the max and a split
+    // vote costs another. 500-1000 ms keeps two rounds inside the 3 s failover budget.
     pub fn election_timeout_min_ms() -> u64 {
-        750
+        500
     }
     pub fn election_timeout_max_ms() -> u64 {
-        1500
+        1000
     }
     pub fn snapshot_logs_since_last() -> u64 {
         100_000
@@ -278,7 +279,7 @@ heartbeat_interval_ms = 100
         assert_eq!(c.node_id, 2);
         assert_eq!(c.group, "g1");
         assert_eq!(c.heartbeat_interval_ms, 100);
-        assert_eq!(c.election_timeout_min_ms, 750);
+        assert_eq!(c.election_timeout_min_ms, 500);
         assert_eq!(c.members.len(), 2);
         assert_eq!(c.advertised_addr(), "127.0.0.1:8082");
     }
