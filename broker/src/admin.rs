@@ -205,14 +205,9 @@ impl BrokerAdmin for AdminService {
         limits::validate_batch(&messages).map_err(rejection_status)?;
         // Check the target against local state when we know the topic; the leader checks
         // again at apply time, so a stale follower view cannot let a bad append through.
-        if self.reader.topic(&msg.topic).is_some() {
-            limits::validate_append_target(
-                self.reader.topic(&msg.topic).as_ref(),
-                &msg.topic,
-                msg.queue_id,
-                &messages,
-            )
-            .map_err(rejection_status)?;
+        if let Some(topic) = self.reader.topic(&msg.topic) {
+            limits::validate_append_target(Some(&topic), &msg.topic, msg.queue_id, &messages)
+                .map_err(rejection_status)?;
         }
         let cmd = Command::Append {
             topic: msg.topic.clone(),

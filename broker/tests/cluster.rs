@@ -32,6 +32,35 @@ fn record(acked: &mut Acked, queue_id: u32, resp: &pb::AppendResponse, msgs: &[p
     }
 }
 
+/// Sends `batches` batches of `per_batch` messages round-robin over `queues` queues, retrying
+/// across nodes, and records every acknowledged offset.
+async fn send_batches(
+    cluster: &Cluster,
+    topic: &str,
+    queues: u32,
+    prefix: &str,
+    batches: usize,
+    per_batch: usize,
+    acked: &mut Acked,
+) -> anyhow::Result<u64> {
+    let mut last_log_index = 0;
+    for b in 0..batches {
+        let queue_id = (b as u32) % queues;
+        let msgs = batch(prefix, b * per_batch, per_batch);
+        let resp = append_retrying(
+            cluster,
+            topic,
+            queue_id,
+            msgs.clone(),
+            Duration::from_secs(10),
+        )
+        .await?;
+        record(acked, queue_id, &resp, &msgs);
+        last_log_index = resp.log_index;
+    }
+    Ok(last_log_index)
+}
+
 /// Every acknowledged message is on node `id` at its acknowledged offset, and each queue's
 /// offsets are dense from 0.
 async fn assert_has_all(
@@ -134,18 +163,7 @@ async fn leader_sigkill_fails_over_within_3s_and_loses_nothing() -> anyhow::Resu
     let leader = cluster.wait_leader(LEADER_TIMEOUT).await?;
     cluster.create_topic(leader, "Failover", 2).await?;
     let mut acked = Acked::new();
-    for b in 0..20 {
-        let msgs = batch("before", b * 50, 50);
-        let resp = append_retrying(
-            &cluster,
-            "Failover",
-            (b % 2) as u32,
-            msgs.clone(),
-            Duration::from_secs(10),
-        )
-        .await?;
-        record(&mut acked, (b % 2) as u32, &resp, &msgs);
-    }
+    send_batches(&cluster, "Failover", 2, "before", 20, 50, &mut acked).await?;
 
     cluster.kill(leader);
     let killed_at = Instant::now();
@@ -172,18 +190,7 @@ async fn leader_sigkill_fails_over_within_3s_and_loses_nothing() -> anyhow::Resu
     let new_leader = cluster.wait_leader(LEADER_TIMEOUT).await?;
     assert_ne!(new_leader, leader);
 
-    for b in 0..10 {
-        let msgs = batch("after", b * 20, 20);
-        let resp = append_retrying(
-            &cluster,
-            "Failover",
-            (b % 2) as u32,
-            msgs.clone(),
-            Duration::from_secs(10),
-        )
-        .await?;
-        record(&mut acked, (b % 2) as u32, &resp, &msgs);
-    }
+    send_batches(&cluster, "Failover", 2, "after", 10, 20, &mut acked).await?;
     for id in cluster.running() {
         assert_has_all(&cluster, id, "Failover", 2, &acked).await?;
     }
@@ -221,18 +228,7 @@ async fn node_behind_a_purged_log_catches_up_through_a_snapshot() -> anyhow::Res
     cluster.kill(lagging);
     let lagging_index = resp.log_index;
 
-    for b in 0..50 {
-        let msgs = batch("late", b * 40, 40);
-        let resp = append_retrying(
-            &cluster,
-            "Snap",
-            (b % 2) as u32,
-            msgs.clone(),
-            Duration::from_secs(10),
-        )
-        .await?;
-        record(&mut acked, (b % 2) as u32, &resp, &msgs);
-    }
+    send_batches(&cluster, "Snap", 2, "late", 50, 40, &mut acked).await?;
     let snap = cluster
         .client(leader)
         .await?
@@ -279,18 +275,7 @@ async fn acknowledged_appends_survive_sigkill_of_every_node() -> anyhow::Result<
     let leader = cluster.wait_leader(LEADER_TIMEOUT).await?;
     cluster.create_topic(leader, "Durable", 3).await?;
     let mut acked = Acked::new();
-    for b in 0..30 {
-        let msgs = batch("durable", b * 30, 30);
-        let resp = append_retrying(
-            &cluster,
-            "Durable",
-            (b % 3) as u32,
-            msgs.clone(),
-            Duration::from_secs(10),
-        )
-        .await?;
-        record(&mut acked, (b % 3) as u32, &resp, &msgs);
-    }
+    send_batches(&cluster, "Durable", 3, "durable", 30, 30, &mut acked).await?;
     let mut consumer_offset = cluster.client(leader).await?;
     consumer_offset
         .commit_offset(pb::CommitOffsetRequest {

@@ -25,8 +25,8 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
 };
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, FlushOptions, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions,
+    ColumnFamilyDescriptor, DB, Direction, FlushOptions, IteratorMode, ReadOptions, WriteBatch,
+    WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -278,11 +278,16 @@ impl StateMachineStore {
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)
             .map_err(|e| ReadError::Corrupt(format!("creating {}: {e}", snapshot_dir.display())))?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
+        let mut opts = crate::rocks::db_options();
         opts.set_atomic_flush(true);
-        let cfs = DATA_CFS.map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = DATA_CFS.map(|n| {
+            let cf_opts = if n == CF_MESSAGES {
+                crate::rocks::payload_cf_options()
+            } else {
+                crate::rocks::small_cf_options()
+            };
+            ColumnFamilyDescriptor::new(n, cf_opts)
+        });
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
         let (applied_tx, _) = watch::channel(None);
         let inner = Arc::new(Inner {
@@ -334,6 +339,23 @@ impl StateMachineStore {
         }
     }
 
+    /// A topic as the entries applied so far in this batch left it (`pending`), else as
+    /// the last completed apply left it.
+    fn topic_as_of(
+        &self,
+        pending: &HashMap<String, TopicConfig>,
+        name: &str,
+    ) -> Option<TopicConfig> {
+        pending.get(name).cloned().or_else(|| {
+            self.inner
+                .topics
+                .read()
+                .expect("lock poisoned")
+                .get(name)
+                .cloned()
+        })
+    }
+
     fn apply_command(
         &self,
         cmd: &Command,
@@ -349,14 +371,7 @@ impl StateMachineStore {
                 store_timestamp_ms,
                 messages,
             } => {
-                let topic_cfg = topics.get(topic).cloned().or_else(|| {
-                    inner
-                        .topics
-                        .read()
-                        .expect("lock poisoned")
-                        .get(topic)
-                        .cloned()
-                });
+                let topic_cfg = self.topic_as_of(topics, topic);
                 if let Err(r) = limits::validate_batch(messages).and_then(|_| {
                     limits::validate_append_target(topic_cfg.as_ref(), topic, *queue_id, messages)
                 }) {
@@ -401,14 +416,7 @@ impl StateMachineStore {
                 if let Err(r) = limits::validate_topic_config(cfg) {
                     return Ok(CommandResult::Rejected(r));
                 }
-                let old = topics.get(&cfg.name).cloned().or_else(|| {
-                    inner
-                        .topics
-                        .read()
-                        .expect("lock poisoned")
-                        .get(&cfg.name)
-                        .cloned()
-                });
+                let old = self.topic_as_of(topics, &cfg.name);
                 if let Some(old) = old
                     && cfg.queue_count < old.queue_count
                 {
@@ -435,14 +443,7 @@ impl StateMachineStore {
                 if let Err(r) = limits::validate_name("consumer_group", group) {
                     return Ok(CommandResult::Rejected(r));
                 }
-                let topic_cfg = topics.get(topic).cloned().or_else(|| {
-                    inner
-                        .topics
-                        .read()
-                        .expect("lock poisoned")
-                        .get(topic)
-                        .cloned()
-                });
+                let topic_cfg = self.topic_as_of(topics, topic);
                 let Some(topic_cfg) = topic_cfg else {
                     return Ok(CommandResult::Rejected(Rejection::UnknownTopic(
                         topic.clone(),
