@@ -13,7 +13,7 @@ use rocketraft_raft_store::{
     LogStore, NetworkFactory, Raft, RaftTransportService, StateMachineStore, StateReader,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{ADMIN_MESSAGE_BYTES_MAX, AdminService};
 use crate::config::BrokerConfig;
@@ -88,12 +88,13 @@ impl BrokerNode {
                     .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX),
             );
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        // Socket options on the builder only reach sockets tonic binds itself; ours come from
+        // our own listener, so TCP_NODELAY is set here. Without it, Nagle plus delayed ACKs
+        // stall small replies for ~40 ms.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
 
         // Every node initializes with the same membership; openraft accepts that, and
         // refuses (harmlessly) on a node whose log already holds a membership.

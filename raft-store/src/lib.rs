@@ -10,6 +10,7 @@
 //!   offsets, topics, consumer offsets) and [`StateReader`] for reads.
 //! - [`snapshot`]: the snapshot file format (a checksummed dump of the state machine).
 //! - [`network`]: the Raft transport over tonic, client and server side.
+//! - `rocks`: RocksDB tuning shared by both databases.
 //!
 //! The broker crate owns everything client-facing; it talks to the group only by proposing
 //! [`Command`]s through openraft and reading applied state through [`StateReader`].
@@ -17,6 +18,7 @@
 pub mod limits;
 pub mod log_store;
 pub mod network;
+mod rocks;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -21,9 +21,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote,
 };
-use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
-};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -169,14 +167,11 @@ pub struct LogReader {
 impl LogStore {
     /// Opens (or creates) the log under `dir`.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        // The log is written sequentially and read mostly from its tail; keep memtables
-        // moderate so that purged entries leave memory soon.
-        opts.set_write_buffer_size(64 * 1024 * 1024);
-        let cfs =
-            [CF_ENTRIES, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let opts = crate::rocks::db_options();
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_ENTRIES, crate::rocks::payload_cf_options()),
+            ColumnFamilyDescriptor::new(CF_META, crate::rocks::small_cf_options()),
+        ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let inner = Arc::new(Inner { db });
         let (sync_tx, sync_rx) = mpsc::sync_channel(SYNC_QUEUE_MAX);
