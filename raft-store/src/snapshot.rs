@@ -82,6 +82,9 @@ impl SnapshotWriter {
     }
 }
 
+/// One record: column family number, key, value.
+pub type Record = (u8, Vec<u8>, Vec<u8>);
+
 /// Reads a snapshot file record by record, checking the trailer at the end.
 pub struct SnapshotReader {
     input: BufReader<File>,
@@ -137,7 +140,7 @@ impl SnapshotReader {
     }
 
     /// The next record, or `None` after a verified trailer.
-    pub fn next_record(&mut self) -> Result<Option<(u8, Vec<u8>, Vec<u8>)>, SnapshotFileError> {
+    pub fn next_record(&mut self) -> Result<Option<Record>, SnapshotFileError> {
         let mut cf = [0u8; 1];
         self.read_exact(&mut cf)?;
         if cf[0] == 0 {

@@ -172,10 +172,10 @@ impl Cluster {
         loop {
             let mut leaders = Vec::new();
             for id in self.running() {
-                if let Ok(s) = self.status(id).await {
-                    if s.role == "Leader" {
-                        leaders.push((s.term, id));
-                    }
+                if let Ok(s) = self.status(id).await
+                    && s.role == "Leader"
+                {
+                    leaders.push((s.term, id));
                 }
             }
             leaders.sort();
