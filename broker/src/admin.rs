@@ -58,7 +58,7 @@ fn forwarded<T>(msg: T) -> Request<T> {
     req
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

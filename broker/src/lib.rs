@@ -5,6 +5,7 @@
 //! - [`admin`]: the internal `BrokerAdmin` gRPC service (status, topics, append, read).
 //! - [`proposer`]: proposing commands on the leader, or pointing at it for forwarding.
 //! - [`convert`]: wire types to domain types and back.
+//! - [`service`]: `apache.rocketmq.v2.MessagingService` for the official RocketMQ clients.
 //!
 //! Storage, replication and the state machine live in `rocketraft-raft-store`.
 
@@ -13,3 +14,4 @@ pub mod config;
 pub mod convert;
 pub mod node;
 pub mod proposer;
+pub mod service;

@@ -18,6 +18,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::{ADMIN_MESSAGE_BYTES_MAX, AdminService};
 use crate::config::BrokerConfig;
 use crate::proposer::Proposer;
+use crate::service::{MessagingServiceImpl, ServiceContext};
 
 /// How long a write waits for a leader during an election before it fails.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -72,6 +73,13 @@ impl BrokerNode {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let messaging = MessagingServiceImpl::new(Arc::new(ServiceContext::new(
+            config.group.clone(),
+            config.advertised_addr(),
+            raft.clone(),
+            reader.clone(),
+            Proposer::new(raft.clone(), LEADER_WAIT),
+        )));
         let admin = AdminService {
             node_id: config.node_id,
             group: config.group.clone(),
@@ -83,6 +91,7 @@ impl BrokerNode {
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(RaftTransportService::new(raft.clone()).into_server())
+            .add_service(messaging.into_server())
             .add_service(
                 BrokerAdminServer::new(admin)
                     .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)

@@ -30,7 +30,7 @@ pub enum Proposed {
 pub struct Proposer {
     raft: Raft,
     slots: Arc<Semaphore>,
-    clients: Arc<Mutex<HashMap<String, BrokerAdminClient<Channel>>>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// How long a proposal waits for a leader to be elected before giving up.
     leader_wait: Duration,
 }
@@ -40,7 +40,7 @@ impl Proposer {
         Self {
             raft,
             slots: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
-            clients: Arc::default(),
+            channels: Arc::default(),
             leader_wait,
         }
     }
@@ -91,22 +91,27 @@ impl Proposer {
         }
     }
 
-    /// A (cached, lazily connected) admin client for the leader at `addr`.
-    pub fn client(&self, addr: &str) -> Result<BrokerAdminClient<Channel>, tonic::Status> {
-        let mut clients = self.clients.lock().expect("lock poisoned");
-        if let Some(c) = clients.get(addr) {
+    /// A (cached, lazily connected) channel to the node at `addr`.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
+        let mut channels = self.channels.lock().expect("lock poisoned");
+        if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| {
                 tonic::Status::internal(format!("leader address {addr:?} is invalid: {e}"))
             })?
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(1));
-        let client = BrokerAdminClient::new(endpoint.connect_lazy())
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// An admin client for the leader at `addr`.
+    pub fn client(&self, addr: &str) -> Result<BrokerAdminClient<Channel>, tonic::Status> {
+        Ok(BrokerAdminClient::new(self.channel(addr)?)
             .max_decoding_message_size(crate::admin::ADMIN_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(crate::admin::ADMIN_MESSAGE_BYTES_MAX);
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
+            .max_encoding_message_size(crate::admin::ADMIN_MESSAGE_BYTES_MAX))
     }
 }
