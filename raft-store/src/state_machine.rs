@@ -138,6 +138,15 @@ impl Inner {
         }
     }
 
+    /// A topic as the last completed apply left it.
+    fn cached_topic(&self, name: &str) -> Option<TopicConfig> {
+        self.topics
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .cloned()
+    }
+
     /// Flushes every column family's memtable, all at one point (atomic_flush).
     fn flush(&self) -> Result<(), rocksdb::Error> {
         let mut opts = FlushOptions::default();
@@ -346,14 +355,10 @@ impl StateMachineStore {
         pending: &HashMap<String, TopicConfig>,
         name: &str,
     ) -> Option<TopicConfig> {
-        pending.get(name).cloned().or_else(|| {
-            self.inner
-                .topics
-                .read()
-                .expect("lock poisoned")
-                .get(name)
-                .cloned()
-        })
+        pending
+            .get(name)
+            .cloned()
+            .or_else(|| self.inner.cached_topic(name))
     }
 
     fn apply_command(
@@ -478,12 +483,7 @@ impl StateReader {
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicConfig> {
-        self.inner
-            .topics
-            .read()
-            .expect("lock poisoned")
-            .get(name)
-            .cloned()
+        self.inner.cached_topic(name)
     }
 
     pub fn topics(&self) -> Vec<TopicConfig> {
