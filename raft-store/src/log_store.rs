@@ -14,8 +14,8 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -175,7 +175,7 @@ impl LogStore {
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let inner = Arc::new(Inner { db });
         let (sync_tx, sync_rx) = mpsc::sync_channel(SYNC_QUEUE_MAX);
-        let syncer_inner = inner.clone();
+        let syncer_inner = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || run_syncer(syncer_inner, sync_rx))?;
@@ -184,17 +184,26 @@ impl LogStore {
 }
 
 /// Syncs the WAL for every batch of queued callbacks. Exits when every `LogStore` is gone.
-fn run_syncer(inner: Arc<Inner>, rx: mpsc::Receiver<SyncRequest>) {
+///
+/// It holds the database weakly, so that the database is closed by whoever drops the last
+/// `LogStore` or `LogReader`, never by this detached thread (possibly while the process is
+/// already exiting and RocksDB's statics are being torn down).
+fn run_syncer(inner: Weak<Inner>, rx: mpsc::Receiver<SyncRequest>) {
     let mut pending = Vec::new();
     while let Ok(first) = rx.recv() {
         pending.push(first);
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let result = inner
-            .db
-            .flush_wal(true)
-            .map_err(|e| std::io::Error::other(format!("syncing the raft log WAL: {e}")));
+        let result = match inner.upgrade() {
+            Some(inner) => inner
+                .db
+                .flush_wal(true)
+                .map_err(|e| std::io::Error::other(format!("syncing the raft log WAL: {e}"))),
+            None => Err(std::io::Error::other(
+                "the raft log was closed before it was synced",
+            )),
+        };
         for req in pending.drain(..) {
             let r = match &result {
                 Ok(()) => Ok(()),
