@@ -1,0 +1,120 @@
+//! The official Rust client (`rocketmq` 5.0.0 from crates.io, unmodified) producing NORMAL and
+//! FIFO messages against a real 3-node group, through a follower's address. The client lives
+//! in its own crate (tests/interop/rust-producer) because it pins tonic 0.9; this test builds
+//! it with a separate target dir and runs it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::Cluster;
+
+fn build_producer() -> anyhow::Result<PathBuf> {
+    let manifest =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/rust-producer/Cargo.toml");
+    let target_dir = match std::env::var_os("ROCKETRAFT_INTEROP_TARGET_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var("HOME")?).join(".cache/rocketraft-interop-target"),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .output()
+        .context("running cargo to build the Rust interop producer")?;
+    if !out.status.success() {
+        bail!(
+            "building the Rust interop producer failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(target_dir.join("debug/rocketraft-interop-rust-producer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_rust_producer_sends_normal_and_fifo_messages() -> anyhow::Result<()> {
+    let producer = tokio::task::spawn_blocking(build_producer).await??;
+    let cluster = Cluster::start(3, &[])?;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
+    cluster.create_topic(leader, "RustTopic", 4).await?;
+    let follower = (1..=3).find(|id| *id != leader).context("a follower")?;
+    let access_point = cluster.nodes[&follower].addr.clone();
+
+    let count = 30;
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&producer)
+            .args([access_point.as_str(), "RustTopic", &count.to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("Rust producer did not finish within 120 s")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "Rust producer failed: {stderr}\n{}",
+        cluster.logs_tail()
+    );
+    let receipts: Vec<(usize, String)> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| {
+            let (i, id) = l.split_once(' ').context("receipt line")?;
+            Ok((i.parse()?, id.to_string()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(
+        receipts.len(),
+        count,
+        "one receipt per message; stderr: {stderr}"
+    );
+
+    let commit = cluster.status(leader).await?.commit_index;
+    for id in 1..=3 {
+        cluster
+            .wait_applied(id, commit, Duration::from_secs(30))
+            .await?;
+        let mut stored = BTreeMap::new();
+        for q in 0..4 {
+            for m in cluster.read_queue(id, "RustTopic", q).await? {
+                stored.insert(m.message_id.clone(), (q, m));
+            }
+        }
+        assert_eq!(
+            stored.len(),
+            count,
+            "node {id} holds exactly the sent messages"
+        );
+        let mut last_by_group: BTreeMap<String, (u32, u64)> = BTreeMap::new();
+        for (i, message_id) in &receipts {
+            let (queue, m) = stored
+                .get(message_id)
+                .with_context(|| format!("node {id}: {message_id} missing"))?;
+            assert_eq!(m.body, format!("rust message {i}").into_bytes());
+            assert_eq!(
+                m.tag.as_deref(),
+                Some(if i % 2 == 0 { "TagA" } else { "TagB" })
+            );
+            assert_eq!(m.keys, vec![format!("key-{i}")]);
+            assert_eq!(m.properties.get("index"), Some(&i.to_string()));
+            if i % 3 == 0 {
+                let group = format!("group-{}", i % 4);
+                if let Some((q, off)) = last_by_group.get(&group) {
+                    assert_eq!(q, queue, "message group {group} must stay on one queue");
+                    assert!(
+                        *off < m.offset,
+                        "message group {group} must keep send order"
+                    );
+                }
+                last_by_group.insert(group, (*queue, m.offset));
+            }
+        }
+        assert_eq!(last_by_group.len(), 4);
+    }
+    Ok(())
+}
