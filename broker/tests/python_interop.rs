@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use common::Cluster;
+use common::{Cluster, InteropReceipt, assert_interop_messages};
 
 fn python() -> anyhow::Result<PathBuf> {
     let path = match std::env::var_os("ROCKETRAFT_PYTHON") {
@@ -68,54 +67,14 @@ async fn official_python_producer_sends_normal_and_fifo_messages() -> anyhow::Re
         "one receipt per message; stderr: {stderr}"
     );
 
-    // Every node holds every message, at the offset its receipt reported, with its content.
-    let status = cluster.status(leader).await?;
-    for id in 1..=3 {
-        cluster
-            .wait_applied(id, status.commit_index, Duration::from_secs(30))
-            .await?;
-        let mut stored = BTreeMap::new();
-        for q in 0..4 {
-            for m in cluster.read_queue(id, "PyTopic", q).await? {
-                stored.insert(m.message_id.clone(), (q, m));
-            }
-        }
-        assert_eq!(
-            stored.len(),
-            count,
-            "node {id} holds exactly the sent messages"
-        );
-        let mut last_by_group: BTreeMap<String, (u32, u64)> = BTreeMap::new();
-        for r in &receipts {
-            let (queue, m) = stored
-                .get(&r.message_id)
-                .with_context(|| format!("node {id}: {} missing", r.message_id))?;
-            assert_eq!(
-                m.offset, r.offset,
-                "node {id}: receipt offset of message {}",
-                r.i
-            );
-            assert_eq!(m.body, format!("python message {}", r.i).into_bytes());
-            assert_eq!(
-                m.tag.as_deref(),
-                Some(if r.i % 2 == 0 { "TagA" } else { "TagB" })
-            );
-            assert_eq!(m.keys, vec![format!("key-{}", r.i)]);
-            assert_eq!(m.properties.get("index"), Some(&r.i.to_string()));
-            if r.i % 3 == 0 {
-                // FIFO: one queue per message group, offsets in send order.
-                let group = format!("group-{}", r.i % 4);
-                if let Some((q, off)) = last_by_group.get(&group) {
-                    assert_eq!(q, queue, "message group {group} must stay on one queue");
-                    assert!(
-                        *off < m.offset,
-                        "message group {group} must keep send order"
-                    );
-                }
-                last_by_group.insert(group, (*queue, m.offset));
-            }
-        }
-        assert_eq!(last_by_group.len(), 4);
-    }
+    let receipts: Vec<InteropReceipt> = receipts
+        .into_iter()
+        .map(|r| InteropReceipt {
+            index: r.i,
+            message_id: r.message_id,
+            offset: Some(r.offset),
+        })
+        .collect();
+    assert_interop_messages(&cluster, "PyTopic", 4, "python", &receipts).await?;
     Ok(())
 }

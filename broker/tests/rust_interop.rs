@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use common::Cluster;
+use common::{Cluster, InteropReceipt, assert_interop_messages};
 
 fn build_producer() -> anyhow::Result<PathBuf> {
     let manifest =
@@ -61,11 +60,15 @@ async fn official_rust_producer_sends_normal_and_fifo_messages() -> anyhow::Resu
         "Rust producer failed: {stderr}\n{}",
         cluster.logs_tail()
     );
-    let receipts: Vec<(usize, String)> = String::from_utf8(out.stdout)?
+    let receipts: Vec<InteropReceipt> = String::from_utf8(out.stdout)?
         .lines()
         .map(|l| {
             let (i, id) = l.split_once(' ').context("receipt line")?;
-            Ok((i.parse()?, id.to_string()))
+            Ok(InteropReceipt {
+                index: i.parse()?,
+                message_id: id.to_string(),
+                offset: None,
+            })
         })
         .collect::<anyhow::Result<_>>()?;
     assert_eq!(
@@ -73,48 +76,6 @@ async fn official_rust_producer_sends_normal_and_fifo_messages() -> anyhow::Resu
         count,
         "one receipt per message; stderr: {stderr}"
     );
-
-    let commit = cluster.status(leader).await?.commit_index;
-    for id in 1..=3 {
-        cluster
-            .wait_applied(id, commit, Duration::from_secs(30))
-            .await?;
-        let mut stored = BTreeMap::new();
-        for q in 0..4 {
-            for m in cluster.read_queue(id, "RustTopic", q).await? {
-                stored.insert(m.message_id.clone(), (q, m));
-            }
-        }
-        assert_eq!(
-            stored.len(),
-            count,
-            "node {id} holds exactly the sent messages"
-        );
-        let mut last_by_group: BTreeMap<String, (u32, u64)> = BTreeMap::new();
-        for (i, message_id) in &receipts {
-            let (queue, m) = stored
-                .get(message_id)
-                .with_context(|| format!("node {id}: {message_id} missing"))?;
-            assert_eq!(m.body, format!("rust message {i}").into_bytes());
-            assert_eq!(
-                m.tag.as_deref(),
-                Some(if i % 2 == 0 { "TagA" } else { "TagB" })
-            );
-            assert_eq!(m.keys, vec![format!("key-{i}")]);
-            assert_eq!(m.properties.get("index"), Some(&i.to_string()));
-            if i % 3 == 0 {
-                let group = format!("group-{}", i % 4);
-                if let Some((q, off)) = last_by_group.get(&group) {
-                    assert_eq!(q, queue, "message group {group} must stay on one queue");
-                    assert!(
-                        *off < m.offset,
-                        "message group {group} must keep send order"
-                    );
-                }
-                last_by_group.insert(group, (*queue, m.offset));
-            }
-        }
-        assert_eq!(last_by_group.len(), 4);
-    }
+    assert_interop_messages(&cluster, "RustTopic", 4, "rust", &receipts).await?;
     Ok(())
 }

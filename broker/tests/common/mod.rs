@@ -331,3 +331,73 @@ pub async fn append_retrying(
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no node running")))
 }
+
+/// One message an official client reported sending in an interop test.
+pub struct InteropReceipt {
+    /// Index of the message in the client's run.
+    pub index: usize,
+    pub message_id: String,
+    /// The offset, when the client reports one (the Rust 5.0.0 client does not).
+    pub offset: Option<u64>,
+}
+
+/// Checks what the interop producers (tests/interop) send: message `i` has body
+/// "`<prefix>` message i", tag TagA/TagB by parity, key "key-i" and property index=i, and every
+/// third message is FIFO in group "group-(i % 4)". Every node must hold exactly these
+/// messages, each FIFO group on one queue in send order.
+pub async fn assert_interop_messages(
+    cluster: &Cluster,
+    topic: &str,
+    queues: u32,
+    prefix: &str,
+    receipts: &[InteropReceipt],
+) -> anyhow::Result<()> {
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
+    let commit = cluster.status(leader).await?.commit_index;
+    for id in cluster.running() {
+        cluster
+            .wait_applied(id, commit, Duration::from_secs(30))
+            .await?;
+        let mut stored = BTreeMap::new();
+        for q in 0..queues {
+            for m in cluster.read_queue(id, topic, q).await? {
+                stored.insert(m.message_id.clone(), (q, m));
+            }
+        }
+        assert_eq!(
+            stored.len(),
+            receipts.len(),
+            "node {id} holds exactly the sent messages"
+        );
+        let mut last_by_group: BTreeMap<String, (u32, u64)> = BTreeMap::new();
+        for r in receipts {
+            let i = r.index;
+            let (queue, m) = stored
+                .get(&r.message_id)
+                .with_context(|| format!("node {id}: {} missing", r.message_id))?;
+            if let Some(offset) = r.offset {
+                assert_eq!(m.offset, offset, "node {id}: receipt offset of message {i}");
+            }
+            assert_eq!(m.body, format!("{prefix} message {i}").into_bytes());
+            assert_eq!(
+                m.tag.as_deref(),
+                Some(if i % 2 == 0 { "TagA" } else { "TagB" })
+            );
+            assert_eq!(m.keys, vec![format!("key-{i}")]);
+            assert_eq!(m.properties.get("index"), Some(&i.to_string()));
+            if i % 3 == 0 {
+                let group = format!("group-{}", i % 4);
+                if let Some((q, off)) = last_by_group.get(&group) {
+                    assert_eq!(q, queue, "message group {group} must stay on one queue");
+                    assert!(
+                        *off < m.offset,
+                        "message group {group} must keep send order"
+                    );
+                }
+                last_by_group.insert(group, (*queue, m.offset));
+            }
+        }
+        assert_eq!(last_by_group.len(), 4, "every FIFO group was seen");
+    }
+    Ok(())
+}
