@@ -11,7 +11,7 @@ use rocketraft_raft_store::{Command, CommandResult, Raft, Rejection, StateReader
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::proposer::{Proposed, Proposer};
+use crate::proposer::{self, Proposed, Proposer};
 
 /// Largest admin request or response: one maximal batch plus framing.
 pub const ADMIN_MESSAGE_BYTES_MAX: usize = limits::BATCH_BYTES_MAX + 4 * 1024 * 1024;
@@ -19,8 +19,6 @@ pub const ADMIN_MESSAGE_BYTES_MAX: usize = limits::BATCH_BYTES_MAX + 4 * 1024 * 
 pub const READ_COUNT_MAX: u32 = 4096;
 /// Bytes of bodies one ReadMessages call returns at most (at least one message is returned).
 pub const READ_BYTES_MAX: usize = 32 * 1024 * 1024;
-/// Metadata key marking a request a follower forwarded to the leader.
-const FORWARDED: &str = "x-rocketraft-forwarded";
 
 pub struct AdminService {
     pub node_id: u64,
@@ -48,14 +46,11 @@ fn unexpected(result: CommandResult) -> Status {
 }
 
 fn is_forwarded<T>(req: &Request<T>) -> bool {
-    req.metadata().contains_key(FORWARDED)
+    proposer::is_forwarded(req.metadata())
 }
 
 fn forwarded<T>(msg: T) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    req
+    proposer::forwarded_request(&tonic::metadata::MetadataMap::new(), msg)
 }
 
 pub fn now_ms() -> i64 {

@@ -10,7 +10,33 @@ use rocketraft_proto::admin::broker_admin_client::BrokerAdminClient;
 use rocketraft_raft_store::{Command, CommandResult, Raft};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tonic::metadata::{KeyAndValueRef, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+
+/// Metadata key marking a request a follower forwarded to the leader; a forwarded request
+/// is never forwarded again, so a confused leadership view cannot bounce it around.
+const FORWARDED: &str = "x-rocketraft-forwarded";
+
+pub fn is_forwarded(metadata: &MetadataMap) -> bool {
+    metadata.contains_key(FORWARDED)
+}
+
+/// `msg` as a request to forward to the leader: marked as forwarded, and carrying the
+/// client's own `x-mq-*` headers (its id, language and version decide how the leader
+/// answers). Transport headers are left to tonic.
+pub fn forwarded_request<T>(client_metadata: &MetadataMap, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    let md = req.metadata_mut();
+    for kv in client_metadata.iter() {
+        if let KeyAndValueRef::Ascii(key, value) = kv
+            && key.as_str().starts_with("x-mq-")
+        {
+            md.insert(key.clone(), value.clone());
+        }
+    }
+    md.insert(FORWARDED, MetadataValue::from_static("1"));
+    req
+}
 
 /// Proposals waiting for commit at once; beyond this, callers wait for a slot.
 const PROPOSALS_IN_FLIGHT_MAX: usize = 8192;

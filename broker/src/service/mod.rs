@@ -28,15 +28,13 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use self::status::{ClientInfo, status};
-use crate::proposer::Proposer;
+use crate::proposer::{self, Proposer};
 
 /// Largest request the official clients may send: a 4 MiB body plus a batch's framing.
 /// (RocketMQ's proxy accepts up to 130 MiB; clients split larger batches anyway.)
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Clients with an open telemetry stream that one node tracks at most.
 const CLIENTS_MAX: usize = 100_000;
-/// Metadata key marking a request a follower forwarded to the leader.
-const FORWARDED: &str = "x-rocketraft-forwarded";
 
 type TelemetrySender = mpsc::Sender<Result<pb::TelemetryCommand, Status>>;
 
@@ -70,6 +68,16 @@ impl ServiceContext {
             next_queue: AtomicU32::new(0),
             telemetry: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The leader's address, when the leader is another node.
+    pub fn leader_addr_if_elsewhere(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.filter(|l| *l != m.id)?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     fn register_client(&self, client_id: &str, tx: TelemetrySender) {
@@ -147,7 +155,7 @@ impl MessagingService for MessagingServiceImpl {
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let client = ClientInfo::from_metadata(req.metadata());
-        let already_forwarded = req.metadata().contains_key(FORWARDED);
+        let already_forwarded = proposer::is_forwarded(req.metadata());
         let metadata = req.metadata().clone();
         let body = req.into_inner();
         match send::send_message(&self.ctx, &client, &body).await? {
@@ -159,11 +167,9 @@ impl MessagingService for MessagingServiceImpl {
                 let mut client = MessagingServiceClient::new(self.ctx.proposer.channel(&addr)?)
                     .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
-                let mut forwarded = Request::from_parts(metadata, Default::default(), body);
-                forwarded
-                    .metadata_mut()
-                    .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-                client.send_message(forwarded).await
+                client
+                    .send_message(proposer::forwarded_request(&metadata, body))
+                    .await
             }
         }
     }
