@@ -225,6 +225,10 @@ pub async fn send_message(
         )));
     }
     let Some(topic) = ctx.reader.topic(&topic_name) else {
+        // A follower may not have applied a just-created topic yet; the leader decides.
+        if let Some(leader) = ctx.leader_addr_if_elsewhere() {
+            return Ok(Sent::Forward(leader));
+        }
         return Ok(Sent::Done(refused(
             client,
             (
