@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/rocketraft/raft.proto",
         "proto/rocketraft/admin.proto",
+        "proto/rocketraft/nameserver.proto",
         "proto/apache/rocketmq/v2/definition.proto",
         "proto/apache/rocketmq/v2/service.proto",
     ];

@@ -3,6 +3,8 @@
 //! - [`raft`]: the Raft transport between the nodes of a broker group (`RaftService`).
 //! - [`admin`]: a broker node's internal admin API (`BrokerAdmin`): group status, topics,
 //!   append/read by offset, consumer offsets, snapshots.
+//! - [`nameserver`]: broker nodes reporting to nameservers (`Registry`), nameserver gossip
+//!   (`Gossip`) and the nameserver's admin API (`NameserverAdmin`).
 //! - [`rocketmq::v2`]: the public RocketMQ 5 gRPC API (`apache.rocketmq.v2.MessagingService`)
 //!   that the official clients speak; our own `.proto` files with the public field numbers.
 //!
@@ -14,6 +16,10 @@ pub mod raft {
 
 pub mod admin {
     tonic::include_proto!("rocketraft.admin");
+}
+
+pub mod nameserver {
+    tonic::include_proto!("rocketraft.nameserver");
 }
 
 pub mod rocketmq {
