@@ -2,12 +2,14 @@
 //!
 //! - [`types`]: the openraft type config ([`TypeConfig`]) and the commands carried in log
 //!   entries ([`Command`]), with their results.
+//! - [`filter`]: tag and SQL92 subscription filters, evaluated at apply time.
 //! - [`limits`]: limits and validation shared by the broker (before proposing) and the
 //!   state machine (when applying).
 //! - [`log_store`]: the Raft log on RocksDB; one WAL sync covers every append queued
 //!   while the previous sync ran (group commit).
 //! - [`state_machine`]: the applied state on RocksDB (messages by queue offset, queue
-//!   offsets, topics, consumer offsets) and [`StateReader`] for reads.
+//!   offsets, topics, consumer offsets, consumer groups' delivery state, scheduled and
+//!   prepared messages) and [`StateReader`] for reads.
 //! - [`snapshot`]: the snapshot file format (a checksummed dump of the state machine).
 //! - [`network`]: the Raft transport over tonic, client and server side.
 //! - `rocks`: RocksDB tuning shared by both databases.
@@ -19,6 +21,7 @@
 // errors pass through unchanged instead of being boxed and unboxed at every boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod filter;
 pub mod limits;
 pub mod log_store;
 pub mod network;
@@ -29,5 +32,7 @@ pub mod types;
 
 pub use log_store::LogStore;
 pub use network::{NetworkFactory, RaftTransportService};
-pub use state_machine::{QueueState, ReadError, StateMachineStore, StateReader};
+pub use state_machine::{
+    HalfMessage, PopReadiness, QueueProgress, QueueState, ReadError, StateMachineStore, StateReader,
+};
 pub use types::*;

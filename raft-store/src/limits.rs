@@ -1,7 +1,7 @@
 //! Limits and validation shared by the broker (before proposing) and the state machine
 //! (when applying). Every error names the field and the limit it broke.
 
-use crate::types::{NewMessage, Rejection, TopicConfig};
+use crate::types::{GroupConfig, NewMessage, Rejection, RetryBackoff, TopicConfig};
 
 /// RocketMQ's topic and group name limit.
 pub const NAME_LEN_MAX: usize = 127;
@@ -48,6 +48,101 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), Rejection> {
         return Err(invalid(
             field,
             format!("contains {c:?}; allowed are letters, digits, '%', '|', '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Deliveries of one message to one group at most (RocketMQ allows up to 16 retries by
+/// default and the clients' backoff tables are far shorter than this).
+pub const DELIVERY_ATTEMPTS_MAX: u32 = 1000;
+
+pub fn validate_group_config(group: &GroupConfig) -> Result<(), Rejection> {
+    validate_name("group.name", &group.name)?;
+    if group.max_delivery_attempts == 0 || group.max_delivery_attempts > DELIVERY_ATTEMPTS_MAX {
+        return Err(invalid(
+            "group.max_delivery_attempts",
+            format!(
+                "is {}; it must be between 1 and {DELIVERY_ATTEMPTS_MAX}",
+                group.max_delivery_attempts
+            ),
+        ));
+    }
+    validate_retry(&group.retry)
+}
+
+/// The longest retry delay a group may configure (RocketMQ's own schedule ends at 2 h).
+pub const RETRY_DELAY_MS_MAX: u64 = 24 * 3600 * 1000;
+/// Entries of a customized retry schedule.
+pub const RETRY_DELAYS_MAX: usize = 64;
+
+fn validate_retry(retry: &RetryBackoff) -> Result<(), Rejection> {
+    let delay = |field: &str, ms: u64| {
+        if ms == 0 || ms > RETRY_DELAY_MS_MAX {
+            Err(invalid(
+                field,
+                format!("is {ms} ms; it must be between 1 and {RETRY_DELAY_MS_MAX} ms"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match retry {
+        RetryBackoff::Customized { delays_ms } => {
+            if delays_ms.is_empty() || delays_ms.len() > RETRY_DELAYS_MAX {
+                return Err(invalid(
+                    "group.retry_policy.customized.delays_ms",
+                    format!(
+                        "has {} entries; it must have between 1 and {RETRY_DELAYS_MAX}",
+                        delays_ms.len()
+                    ),
+                ));
+            }
+            for ms in delays_ms {
+                delay("group.retry_policy.customized.delays_ms", *ms)?;
+            }
+        }
+        RetryBackoff::Exponential {
+            initial_ms,
+            max_ms,
+            multiplier_milli,
+        } => {
+            delay("group.retry_policy.exponential.initial_ms", *initial_ms)?;
+            delay("group.retry_policy.exponential.max_ms", *max_ms)?;
+            if max_ms < initial_ms {
+                return Err(invalid(
+                    "group.retry_policy.exponential.max_ms",
+                    format!("is {max_ms} ms; it must be at least initial_ms ({initial_ms} ms)"),
+                ));
+            }
+            if !(1000..=10_000).contains(multiplier_milli) {
+                return Err(invalid(
+                    "group.retry_policy.exponential.multiplier",
+                    format!(
+                        "is {}; it must be between 1 and 10",
+                        *multiplier_milli as f64 / 1000.0
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Topic name prefixes the broker reserves for itself (RocketMQ's retry and dead-letter
+/// topics, and its system topics); users cannot create topics with them.
+pub const RESERVED_TOPIC_PREFIXES: [&str; 4] = ["%DLQ%", "%RETRY%", "rmq_sys_", "RMQ_SYS_"];
+
+/// A topic name a user may create: RocketMQ's rules, and none of the reserved prefixes.
+pub fn validate_user_topic_name(field: &str, name: &str) -> Result<(), Rejection> {
+    validate_name(field, name)?;
+    if let Some(p) = RESERVED_TOPIC_PREFIXES
+        .iter()
+        .find(|p| name.starts_with(**p))
+    {
+        return Err(invalid(
+            field,
+            format!("starts with {p:?}, a prefix reserved for the broker's own topics"),
         ));
     }
     Ok(())
@@ -215,6 +310,17 @@ mod tests {
             message_group: None,
             delivery_timestamp_ms: None,
         }
+    }
+
+    #[test]
+    fn reserved_prefixes_are_refused_for_users_only() {
+        assert!(validate_user_topic_name("topic", "%DLQ%orders").is_err());
+        assert!(validate_user_topic_name("topic", "rmq_sys_x").is_err());
+        assert!(validate_user_topic_name("topic", "orders%DLQ%").is_ok());
+        assert!(
+            validate_name("topic", "%DLQ%orders").is_ok(),
+            "the broker may"
+        );
     }
 
     #[test]

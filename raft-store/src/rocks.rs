@@ -25,13 +25,11 @@ pub fn payload_cf_options() -> Options {
     opts.set_write_buffer_size(128 << 20);
     opts.set_max_write_buffer_number(4);
     opts.set_compression_type(DBCompressionType::None);
-    opts.set_bytes_per_sync(1 << 20);
     opts
 }
 
-/// Options for small column families (metadata, offsets).
+/// Options for small column families (metadata, offsets): RocksDB's defaults.
+/// (`bytes_per_sync` is a database option, set in [`db_options`]; column families ignore it.)
 pub fn small_cf_options() -> Options {
-    let mut opts = Options::default();
-    opts.set_bytes_per_sync(1 << 20);
-    opts
+    Options::default()
 }

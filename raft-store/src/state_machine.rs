@@ -6,6 +6,14 @@
 //! - `topics`:   `topic` -> bincode [`TopicConfig`]
 //! - `offsets`:  `group \0 topic \0 queue_id(be32)` -> be64 committed offset
 //! - `meta`:     last applied log id, last membership, install marker
+//! - `groups`:   `group` -> bincode [`GroupConfig`]
+//! - `pops`:     pop key (`group \0 consumer \0 topic \0 queue_id(be32)`) -> be64 next offset
+//!   to hand out to that consumer group
+//! - `inflight`: pop key + `offset(be64)` -> bincode `Inflight` (delivered, not yet acked)
+//! - `timers`:   `due_ms(be64) log_index(be64) n(be32)` -> bincode `Timed` (DELAY messages)
+//! - `halves`:   `transaction_id` -> bincode `Half` (prepared transaction messages)
+//!
+//! The consumption commands (pop, ack, delay, transactions) live in `consume`.
 //!
 //! Writes skip RocksDB's WAL: the Raft log already holds every command durably, so the
 //! state machine only has to be a consistent prefix of it after a crash. `atomic_flush`
@@ -25,17 +33,19 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
 };
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, FlushOptions, IteratorMode, ReadOptions, WriteBatch,
-    WriteOptions,
+    ColumnFamilyDescriptor, DB, FlushOptions, IteratorMode, ReadOptions, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+mod consume;
+pub use consume::{HalfMessage, PopReadiness, QueueProgress};
+
 use crate::limits;
 use crate::snapshot::{SnapshotFileError, SnapshotReader, SnapshotWriter};
 use crate::types::{
-    Command, CommandResult, Entry, LogId, Rejection, SnapshotMeta, StorageError, StoredMembership,
-    StoredMessage, TopicConfig, TypeConfig,
+    Command, CommandResult, Entry, GroupConfig, LogId, NewMessage, Rejection, SnapshotMeta,
+    StorageError, StoredMembership, StoredMessage, TopicConfig, TypeConfig,
 };
 
 const CF_MESSAGES: &str = "messages";
@@ -43,8 +53,25 @@ const CF_QUEUES: &str = "queues";
 const CF_TOPICS: &str = "topics";
 const CF_OFFSETS: &str = "offsets";
 const CF_META: &str = "meta";
-/// Column families in snapshot order; a record's cf byte is its position here plus one.
-const DATA_CFS: [&str; 5] = [CF_MESSAGES, CF_QUEUES, CF_TOPICS, CF_OFFSETS, CF_META];
+const CF_GROUPS: &str = "groups";
+const CF_POPS: &str = "pops";
+const CF_INFLIGHT: &str = "inflight";
+const CF_TIMERS: &str = "timers";
+const CF_HALVES: &str = "halves";
+/// Column families in snapshot order; a record's cf byte is its position here plus one,
+/// so new families are only ever added at the end.
+const DATA_CFS: [&str; 10] = [
+    CF_MESSAGES,
+    CF_QUEUES,
+    CF_TOPICS,
+    CF_OFFSETS,
+    CF_META,
+    CF_GROUPS,
+    CF_POPS,
+    CF_INFLIGHT,
+    CF_TIMERS,
+    CF_HALVES,
+];
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -115,6 +142,7 @@ struct Inner {
     /// that they describe has been made, so a reader never sees an offset it cannot read.
     topics: RwLock<HashMap<String, TopicConfig>>,
     queues: RwLock<HashMap<(String, u32), QueueState>>,
+    groups: RwLock<HashMap<String, GroupConfig>>,
     applied_tx: watch::Sender<Option<LogId>>,
     /// Where `begin_receiving_snapshot` put the incoming file.
     receiving: Mutex<Option<PathBuf>>,
@@ -141,6 +169,14 @@ impl Inner {
     /// A topic as the last completed apply left it.
     fn cached_topic(&self, name: &str) -> Option<TopicConfig> {
         self.topics
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .cloned()
+    }
+
+    fn cached_group(&self, name: &str) -> Option<GroupConfig> {
+        self.groups
             .read()
             .expect("lock poisoned")
             .get(name)
@@ -179,8 +215,16 @@ impl Inner {
                 bincode::deserialize(&v).map_err(|e| ReadError::Corrupt(format!("queue: {e}")))?;
             queues.insert((topic, u32::from_be_bytes(qid)), q);
         }
+        let mut groups = HashMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_GROUPS), IteratorMode::Start) {
+            let (_, v) = item?;
+            let g: GroupConfig =
+                bincode::deserialize(&v).map_err(|e| ReadError::Corrupt(format!("group: {e}")))?;
+            groups.insert(g.name.clone(), g);
+        }
         *self.topics.write().expect("lock poisoned") = topics;
         *self.queues.write().expect("lock poisoned") = queues;
+        *self.groups.write().expect("lock poisoned") = groups;
         Ok(())
     }
 
@@ -304,6 +348,7 @@ impl StateMachineStore {
             snapshot_dir,
             topics: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
             applied_tx,
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
@@ -348,25 +393,138 @@ impl StateMachineStore {
         }
     }
 
-    /// A topic as the entries applied so far in this batch left it (`pending`), else as
-    /// the last completed apply left it.
-    fn topic_as_of(
-        &self,
-        pending: &HashMap<String, TopicConfig>,
-        name: &str,
-    ) -> Option<TopicConfig> {
-        pending
+    /// A topic as the entries applied so far left it.
+    fn topic_as_of(&self, p: &Pending, name: &str) -> Option<TopicConfig> {
+        if let Some(t) = p.topics.get(name) {
+            return Some(t.clone());
+        }
+        if p.deleted_topics.contains(name) {
+            return None;
+        }
+        self.inner.cached_topic(name)
+    }
+
+    fn group_as_of(&self, p: &Pending, name: &str) -> GroupConfig {
+        p.groups
             .get(name)
             .cloned()
-            .or_else(|| self.inner.cached_topic(name))
+            .or_else(|| self.inner.cached_group(name))
+            .unwrap_or_else(|| GroupConfig::default_for(name))
+    }
+
+    fn queue_as_of(&self, p: &Pending, topic: &str, queue_id: u32) -> QueueState {
+        let key = (topic.to_string(), queue_id);
+        match p.queues.get(&key) {
+            Some(q) => *q,
+            None => self
+                .inner
+                .queues
+                .read()
+                .expect("lock poisoned")
+                .get(&key)
+                .copied()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Appends `messages` to one queue (already validated against it), assigning offsets.
+    fn append(
+        &self,
+        p: &mut Pending,
+        topic: &str,
+        queue_id: u32,
+        store_timestamp_ms: i64,
+        messages: impl IntoIterator<Item = NewMessage>,
+    ) -> Result<(u64, u32), StorageError> {
+        let inner = &self.inner;
+        let mut q = self.queue_as_of(p, topic, queue_id);
+        let first_offset = q.offset_next;
+        let cf = inner.cf(CF_MESSAGES);
+        for m in messages {
+            let stored = StoredMessage {
+                topic: topic.to_string(),
+                queue_id,
+                offset: q.offset_next,
+                store_timestamp_ms,
+                message: m,
+            };
+            let value = bincode::serialize(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            p.batch
+                .put_cf(cf, message_key(topic, queue_id, q.offset_next), value);
+            q.offset_next += 1;
+        }
+        let qv = bincode::serialize(&q).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        p.batch
+            .put_cf(inner.cf(CF_QUEUES), queue_key(topic, queue_id), qv);
+        p.queues.insert((topic.to_string(), queue_id), q);
+        Ok((first_offset, (q.offset_next - first_offset) as u32))
+    }
+
+    fn put_topic(&self, p: &mut Pending, cfg: &TopicConfig) -> Result<(), StorageError> {
+        let v = bincode::serialize(cfg).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        p.batch
+            .put_cf(self.inner.cf(CF_TOPICS), cfg.name.as_bytes(), v);
+        p.deleted_topics.remove(&cfg.name);
+        p.topics.insert(cfg.name.clone(), cfg.clone());
+        Ok(())
+    }
+
+    /// Writes what the entries applied so far changed, so that the next command can read it
+    /// from RocksDB. `last_applied` goes into the same batch, so a crash after this write
+    /// resumes replay right after these entries: the state stays a prefix of the log.
+    fn commit(&self, p: &mut Pending) -> Result<(), StorageError> {
+        let Some(last) = p.last else {
+            return Ok(());
+        };
+        let mut batch = std::mem::take(&mut p.batch);
+        let meta = self.inner.cf(CF_META);
+        batch.put_cf(meta, KEY_LAST_APPLIED, encode_meta(&Some(last)));
+        if let Some(m) = p.membership.take() {
+            batch.put_cf(meta, KEY_MEMBERSHIP, encode_meta(&m));
+        }
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.inner
+            .db
+            .write_opt(batch, &opts)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let inner = &self.inner;
+        if !p.deleted_topics.is_empty() {
+            let mut topics = inner.topics.write().expect("lock poisoned");
+            for name in std::mem::take(&mut p.deleted_topics) {
+                topics.remove(&name);
+            }
+        }
+        if !p.topics.is_empty() {
+            inner
+                .topics
+                .write()
+                .expect("lock poisoned")
+                .extend(std::mem::take(&mut p.topics));
+        }
+        if !p.queues.is_empty() {
+            inner
+                .queues
+                .write()
+                .expect("lock poisoned")
+                .extend(std::mem::take(&mut p.queues));
+        }
+        if !p.groups.is_empty() {
+            inner
+                .groups
+                .write()
+                .expect("lock poisoned")
+                .extend(std::mem::take(&mut p.groups));
+        }
+        inner.applied_tx.send_replace(Some(last));
+        Ok(())
     }
 
     fn apply_command(
         &self,
         cmd: &Command,
-        batch: &mut WriteBatch,
-        topics: &mut HashMap<String, TopicConfig>,
-        queues: &mut HashMap<(String, u32), QueueState>,
+        log_index: u64,
+        p: &mut Pending,
     ) -> Result<CommandResult, StorageError> {
         let inner = &self.inner;
         match cmd {
@@ -376,44 +534,22 @@ impl StateMachineStore {
                 store_timestamp_ms,
                 messages,
             } => {
-                let topic_cfg = self.topic_as_of(topics, topic);
+                let topic_cfg = self.topic_as_of(p, topic);
                 if let Err(r) = limits::validate_batch(messages).and_then(|_| {
                     limits::validate_append_target(topic_cfg.as_ref(), topic, *queue_id, messages)
                 }) {
                     return Ok(CommandResult::Rejected(r));
                 }
-                let qkey = (topic.clone(), *queue_id);
-                let mut q = match queues.get(&qkey) {
-                    Some(q) => *q,
-                    None => inner
-                        .queues
-                        .read()
-                        .expect("lock poisoned")
-                        .get(&qkey)
-                        .copied()
-                        .unwrap_or_default(),
-                };
-                let first_offset = q.offset_next;
-                let cf = inner.cf(CF_MESSAGES);
-                for m in messages {
-                    let stored = StoredMessage {
-                        topic: topic.clone(),
-                        queue_id: *queue_id,
-                        offset: q.offset_next,
-                        store_timestamp_ms: *store_timestamp_ms,
-                        message: m.clone(),
-                    };
-                    let value =
-                        bincode::serialize(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                    batch.put_cf(cf, message_key(topic, *queue_id, q.offset_next), value);
-                    q.offset_next += 1;
-                }
-                let qv = bincode::serialize(&q).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                batch.put_cf(inner.cf(CF_QUEUES), queue_key(topic, *queue_id), qv);
-                queues.insert(qkey, q);
+                let (first_offset, count) = self.append(
+                    p,
+                    topic,
+                    *queue_id,
+                    *store_timestamp_ms,
+                    messages.iter().cloned(),
+                )?;
                 Ok(CommandResult::Appended {
                     first_offset,
-                    count: messages.len() as u32,
+                    count,
                     store_timestamp_ms: *store_timestamp_ms,
                 })
             }
@@ -421,7 +557,7 @@ impl StateMachineStore {
                 if let Err(r) = limits::validate_topic_config(cfg) {
                     return Ok(CommandResult::Rejected(r));
                 }
-                let old = self.topic_as_of(topics, &cfg.name);
+                let old = self.topic_as_of(p, &cfg.name);
                 if let Some(old) = old
                     && cfg.queue_count < old.queue_count
                 {
@@ -434,9 +570,7 @@ impl StateMachineStore {
                         ),
                     }));
                 }
-                let v = bincode::serialize(cfg).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                batch.put_cf(inner.cf(CF_TOPICS), cfg.name.as_bytes(), v);
-                topics.insert(cfg.name.clone(), cfg.clone());
+                self.put_topic(p, cfg)?;
                 Ok(CommandResult::TopicPut)
             }
             Command::CommitOffset {
@@ -448,7 +582,7 @@ impl StateMachineStore {
                 if let Err(r) = limits::validate_name("consumer_group", group) {
                     return Ok(CommandResult::Rejected(r));
                 }
-                let topic_cfg = self.topic_as_of(topics, topic);
+                let topic_cfg = self.topic_as_of(p, topic);
                 let Some(topic_cfg) = topic_cfg else {
                     return Ok(CommandResult::Rejected(Rejection::UnknownTopic(
                         topic.clone(),
@@ -461,14 +595,67 @@ impl StateMachineStore {
                         queue_count: topic_cfg.queue_count,
                     }));
                 }
-                batch.put_cf(
+                p.batch.put_cf(
                     inner.cf(CF_OFFSETS),
                     consumer_offset_key(group, topic, *queue_id),
                     offset.to_be_bytes(),
                 );
                 Ok(CommandResult::OffsetCommitted)
             }
+            Command::PutGroup(cfg) => {
+                if let Err(r) = limits::validate_group_config(cfg) {
+                    return Ok(CommandResult::Rejected(r));
+                }
+                let v = bincode::serialize(cfg).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                p.batch.put_cf(inner.cf(CF_GROUPS), cfg.name.as_bytes(), v);
+                p.groups.insert(cfg.name.clone(), cfg.clone());
+                Ok(CommandResult::GroupPut)
+            }
+            Command::DeleteTopic { name } => {
+                let Some(cfg) = self.topic_as_of(p, name) else {
+                    return Ok(CommandResult::Rejected(Rejection::UnknownTopic(
+                        name.clone(),
+                    )));
+                };
+                let mut start = name.as_bytes().to_vec();
+                start.push(0);
+                let mut end = name.as_bytes().to_vec();
+                end.push(1);
+                p.batch
+                    .delete_range_cf(inner.cf(CF_MESSAGES), start.as_slice(), end.as_slice());
+                for q in 0..cfg.queue_count {
+                    let mut state = self.queue_as_of(p, name, q);
+                    state.offset_min = state.offset_next;
+                    let v = bincode::serialize(&state).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                    p.batch.put_cf(inner.cf(CF_QUEUES), queue_key(name, q), v);
+                    p.queues.insert((name.clone(), q), state);
+                }
+                p.batch.delete_cf(inner.cf(CF_TOPICS), name.as_bytes());
+                p.topics.remove(name);
+                p.deleted_topics.insert(name.clone());
+                Ok(CommandResult::TopicDeleted)
+            }
+            other => self.apply_consume(other, log_index, p),
         }
+    }
+}
+
+/// What the entries of one `apply` call changed and has not yet been written.
+#[derive(Default)]
+struct Pending {
+    batch: WriteBatch,
+    topics: HashMap<String, TopicConfig>,
+    /// Topics deleted by these entries (and not created again since).
+    deleted_topics: std::collections::HashSet<String>,
+    queues: HashMap<(String, u32), QueueState>,
+    groups: HashMap<String, GroupConfig>,
+    last: Option<LogId>,
+    membership: Option<StoredMembership>,
+}
+
+impl Pending {
+    fn is_dirty(&self) -> bool {
+        !self.batch.is_empty() || self.membership.is_some()
     }
 }
 
@@ -520,32 +707,7 @@ impl StateReader {
         let q = self.queue_state(topic, queue_id);
         let start = offset.max(q.offset_min);
         let end = q.offset_next.min(start.saturating_add(max_count as u64));
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(message_key(topic, queue_id, end));
-        let iter = self.inner.db.iterator_cf_opt(
-            self.inner.cf(CF_MESSAGES),
-            opts,
-            IteratorMode::From(&message_key(topic, queue_id, start), Direction::Forward),
-        );
-        let mut out = Vec::with_capacity((end - start) as usize);
-        for item in iter {
-            let (_, v) = item?;
-            let m: StoredMessage = bincode::deserialize(&v)
-                .map_err(|e| ReadError::Corrupt(format!("message: {e}")))?;
-            // Offsets are dense: a gap here would be a lost message.
-            let expected = start + out.len() as u64;
-            if m.offset != expected {
-                return Err(ReadError::Corrupt(format!(
-                    "{topic}/{queue_id}: expected offset {expected}, found {}",
-                    m.offset
-                )));
-            }
-            out.push(m);
-        }
-        Ok(out)
+        self.inner.messages_between(topic, queue_id, start, end)
     }
 
     pub fn consumer_offset(
@@ -707,61 +869,34 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        let mut topics = HashMap::new();
-        let mut queues = HashMap::new();
+        let mut p = Pending::default();
         let mut results = Vec::new();
-        let mut last = None;
-        let mut membership = None;
         for entry in entries {
-            let prev = last.or_else(|| *self.inner.applied_tx.borrow());
+            let prev = p.last.or_else(|| *self.inner.applied_tx.borrow());
             assert!(
-                prev.is_none_or(|p: LogId| p.index < entry.log_id.index),
+                prev.is_none_or(|prev: LogId| prev.index < entry.log_id.index),
                 "applied index must only grow: {prev:?} then {}",
                 entry.log_id
             );
-            last = Some(entry.log_id);
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
                 EntryPayload::Normal(cmd) => {
-                    self.apply_command(cmd, &mut batch, &mut topics, &mut queues)?
+                    // Commands that read state must see every earlier entry's writes, and
+                    // the WriteBatch is not readable: write it first.
+                    if cmd.reads_state() && p.is_dirty() {
+                        self.commit(&mut p)?;
+                    }
+                    self.apply_command(cmd, entry.log_id.index, &mut p)?
                 }
                 EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    p.membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     CommandResult::None
                 }
             };
+            p.last = Some(entry.log_id);
             results.push(result);
         }
-        let Some(last) = last else {
-            return Ok(results);
-        };
-        let meta = self.inner.cf(CF_META);
-        batch.put_cf(meta, KEY_LAST_APPLIED, encode_meta(&Some(last)));
-        if let Some(m) = &membership {
-            batch.put_cf(meta, KEY_MEMBERSHIP, encode_meta(m));
-        }
-        let mut opts = WriteOptions::default();
-        opts.disable_wal(true);
-        self.inner
-            .db
-            .write_opt(batch, &opts)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        if !topics.is_empty() {
-            self.inner
-                .topics
-                .write()
-                .expect("lock poisoned")
-                .extend(topics);
-        }
-        if !queues.is_empty() {
-            self.inner
-                .queues
-                .write()
-                .expect("lock poisoned")
-                .extend(queues);
-        }
-        self.inner.applied_tx.send_replace(Some(last));
+        self.commit(&mut p)?;
         Ok(results)
     }
 

@@ -97,6 +97,100 @@ pub struct StoredMessage {
     pub message: NewMessage,
 }
 
+/// A consumer group's delivery policy, set by an administrator (groups that were never
+/// configured use [`GroupConfig::default_for`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupConfig {
+    pub name: String,
+    /// Orderly (FIFO) consumption: a queue hands out nothing new while any of its messages
+    /// is in flight to the group, so each message group is consumed in send order.
+    pub orderly: bool,
+    /// Deliveries before a message goes to the group's dead-letter queue (RocketMQ's default:
+    /// 16 retries, so 17 deliveries).
+    pub max_delivery_attempts: u32,
+    /// Broadcasting: every consumer (client) gets every message, instead of each message
+    /// going to one consumer of the group.
+    pub broadcast: bool,
+    /// How long a consumer waits before a message it failed to consume is delivered again.
+    /// The broker hands it to the group's consumers in their settings; push consumers apply
+    /// it when a listener fails.
+    pub retry: RetryBackoff,
+}
+
+/// A retry schedule, by delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetryBackoff {
+    /// The n-th retry waits the n-th delay (the last one repeats).
+    Customized { delays_ms: Vec<u64> },
+    /// `initial_ms * multiplier^(n-1)`, capped at `max_ms`. The multiplier is kept in
+    /// thousandths so that configurations compare (and replicate) exactly.
+    Exponential {
+        initial_ms: u64,
+        max_ms: u64,
+        multiplier_milli: u32,
+    },
+}
+
+impl Default for RetryBackoff {
+    /// RocketMQ's default: 1 s, 5 s, 10 s, 30 s, 1 min ... 2 h.
+    fn default() -> Self {
+        const SECS: [u64; 18] = [
+            1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
+        ];
+        RetryBackoff::Customized {
+            delays_ms: SECS.iter().map(|s| s * 1000).collect(),
+        }
+    }
+}
+
+impl GroupConfig {
+    pub const DEFAULT_MAX_DELIVERY_ATTEMPTS: u32 = 17;
+
+    pub fn default_for(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            orderly: false,
+            max_delivery_attempts: Self::DEFAULT_MAX_DELIVERY_ATTEMPTS,
+            broadcast: false,
+            retry: RetryBackoff::default(),
+        }
+    }
+}
+
+/// Which messages a consumer wants; evaluated at apply time, so every replica agrees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Filter {
+    All,
+    /// Any of these tags (`a||b`).
+    Tags(Vec<String>),
+    /// A RocketMQ SQL92 expression over the user properties (and `TAGS`).
+    Sql(String),
+}
+
+/// Names one delivery of one message to a consumer group. `generation` is the log index of
+/// the command that made this delivery, so an older delivery's handle is recognisably stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    pub queue_id: u32,
+    pub offset: u64,
+    pub generation: u64,
+}
+
+/// One message handed out by a [`Command::Pop`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Popped {
+    pub message: StoredMessage,
+    pub handle: Handle,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    pub visible_at_ms: i64,
+}
+
+/// The name of a consumer group's dead-letter topic.
+pub fn dead_letter_topic(group: &str) -> String {
+    format!("%DLQ%{group}")
+}
+
 /// One state change of a broker group: the payload of a Raft log entry.
 ///
 /// `apply` must be a pure function of (state, command): anything time-dependent is stamped
@@ -119,6 +213,95 @@ pub enum Command {
         queue_id: u32,
         offset: u64,
     },
+    /// Create a consumer group or replace its configuration.
+    PutGroup(GroupConfig),
+    /// Hand out up to `max` messages of `topic`'s `queue_ids` to a consumer of `group`:
+    /// first those whose invisibility expired (redeliveries), then new ones matching
+    /// `filter`. Each becomes invisible until `now_ms + invisible_ms`.
+    Pop {
+        group: String,
+        /// The consuming client; only broadcasting groups keep state per consumer.
+        consumer: String,
+        topic: String,
+        queue_ids: Vec<u32>,
+        max: u32,
+        invisible_ms: u64,
+        now_ms: i64,
+        filter: Filter,
+    },
+    /// Acknowledge deliveries: those messages are consumed.
+    Ack {
+        group: String,
+        consumer: String,
+        topic: String,
+        handles: Vec<Handle>,
+    },
+    /// Make a delivered message visible again at `visible_at_ms` (a nack, or a renewal).
+    ChangeInvisible {
+        group: String,
+        consumer: String,
+        topic: String,
+        handle: Handle,
+        visible_at_ms: i64,
+    },
+    /// Move a delivered message to the group's dead-letter topic now.
+    DeadLetter {
+        group: String,
+        consumer: String,
+        topic: String,
+        handle: Handle,
+        now_ms: i64,
+    },
+    /// Hold DELAY messages until their delivery timestamps; [`Command::Deliver`] moves them
+    /// into their queue then.
+    Schedule {
+        topic: String,
+        queue_id: u32,
+        store_timestamp_ms: i64,
+        messages: Vec<NewMessage>,
+    },
+    /// Append every scheduled message due by `now_ms` (at most `max`) to its queue.
+    Deliver { now_ms: i64, max: u32 },
+    /// Store a transaction's half message, invisible until [`Command::EndTransaction`].
+    Prepare {
+        topic: String,
+        queue_id: u32,
+        store_timestamp_ms: i64,
+        transaction_id: String,
+        message: NewMessage,
+    },
+    /// Commit (append the half message to its queue) or roll back (drop it).
+    EndTransaction {
+        transaction_id: String,
+        commit: bool,
+        store_timestamp_ms: i64,
+    },
+    /// The producers were asked about these halves once more; halves asked `max_checks`
+    /// times are rolled back, as RocketMQ does.
+    TransactionsChecked {
+        transaction_ids: Vec<String>,
+        max_checks: u32,
+    },
+    /// Delete a topic and its messages. Its queues keep their offsets, so a topic created
+    /// again under the name continues after them and no consumer cursor points past the end.
+    DeleteTopic { name: String },
+}
+
+impl Command {
+    /// Whether applying this command reads state (beyond the topic, queue and group caches)
+    /// that earlier commands may have written.
+    pub fn reads_state(&self) -> bool {
+        matches!(
+            self,
+            Command::Pop { .. }
+                | Command::Ack { .. }
+                | Command::ChangeInvisible { .. }
+                | Command::DeadLetter { .. }
+                | Command::Deliver { .. }
+                | Command::EndTransaction { .. }
+                | Command::TransactionsChecked { .. }
+        )
+    }
 }
 
 /// What applying a [`Command`] produced.
@@ -133,6 +316,28 @@ pub enum CommandResult {
     },
     TopicPut,
     OffsetCommitted,
+    GroupPut,
+    Popped(Vec<Popped>),
+    /// Per handle of an [`Command::Ack`]: whether it named the current delivery.
+    Acked(Vec<bool>),
+    /// The new delivery handle after [`Command::ChangeInvisible`].
+    InvisibilityChanged(Handle),
+    DeadLettered,
+    Scheduled {
+        count: u32,
+    },
+    Delivered {
+        count: u32,
+    },
+    Prepared,
+    TransactionEnded {
+        /// Where a committed message landed.
+        offset: Option<u64>,
+    },
+    TransactionsChecked {
+        rolled_back: u32,
+    },
+    TopicDeleted,
     /// The command was valid when proposed but not against the state it was applied to
     /// (e.g. the topic was deleted in between). Nothing was changed.
     Rejected(Rejection),
@@ -153,6 +358,10 @@ pub enum Rejection {
     NotWritable(String),
     #[error("topic {topic:?} does not accept {kind:?} messages")]
     KindNotAccepted { topic: String, kind: MessageKind },
+    #[error("receipt handle is stale or unknown: {0}")]
+    InvalidHandle(String),
+    #[error("transaction {0:?} is unknown or already ended")]
+    UnknownTransaction(String),
     #[error("{field} is invalid: {reason}")]
     Invalid { field: String, reason: String },
 }

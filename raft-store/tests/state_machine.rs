@@ -201,3 +201,50 @@ async fn snapshot_moves_the_whole_state_to_another_replica() -> anyhow::Result<(
     assert_eq!(b.reader().queue_state("T", 0).offset_next, 100);
     Ok(())
 }
+
+#[tokio::test]
+async fn deleted_topics_lose_their_messages_and_a_new_one_continues_the_offsets()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let mut sm = StateMachineStore::open(dir.path())?;
+        let results = sm
+            .apply([
+                entry(1, topic("T", 1)),
+                entry(2, append("T", 0, 0..3)),
+                entry(3, Command::DeleteTopic { name: "T".into() }),
+                entry(4, Command::DeleteTopic { name: "T".into() }),
+                entry(5, append("T", 0, 3..4)),
+            ])
+            .await?;
+        assert_eq!(results[2], CommandResult::TopicDeleted);
+        assert!(matches!(
+            results[3],
+            CommandResult::Rejected(Rejection::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            results[4],
+            CommandResult::Rejected(Rejection::UnknownTopic(_))
+        ));
+        let reader = sm.reader();
+        assert!(reader.topic("T").is_none());
+        assert!(
+            reader.read_messages("T", 0, 0, 10)?.is_empty(),
+            "messages are gone"
+        );
+        sm.apply([entry(6, topic("T", 1)), entry(7, append("T", 0, 4..5))])
+            .await?;
+        let stored = reader.read_messages("T", 0, 0, 10)?;
+        assert_eq!(stored.len(), 1);
+        assert_eq!(
+            stored[0].offset, 3,
+            "offsets continue after the deleted ones"
+        );
+        reader.flush()?;
+    }
+    // And after a restart, the deletion holds.
+    let sm = StateMachineStore::open(dir.path())?;
+    let stored = sm.reader().read_messages("T", 0, 0, 10)?;
+    assert_eq!(stored.iter().map(|m| m.offset).collect::<Vec<_>>(), [3]);
+    Ok(())
+}
