@@ -34,7 +34,9 @@ fn rejection_status(r: Rejection) -> Status {
         Rejection::NotWritable(_) => Status::permission_denied(r.to_string()),
         Rejection::QueueOutOfRange { .. }
         | Rejection::KindNotAccepted { .. }
-        | Rejection::Invalid { .. } => Status::invalid_argument(r.to_string()),
+        | Rejection::Invalid { .. }
+        | Rejection::InvalidHandle(_)
+        | Rejection::UnknownTransaction(_) => Status::invalid_argument(r.to_string()),
     }
 }
 
@@ -157,7 +159,9 @@ impl BrokerAdmin for AdminService {
             .clone()
             .ok_or_else(|| Status::invalid_argument("topic is required"))?;
         let cfg = convert::topic_from_pb(topic)?;
-        limits::validate_topic_config(&cfg).map_err(rejection_status)?;
+        limits::validate_user_topic_name("topic.name", &cfg.name)
+            .and_then(|_| limits::validate_topic_config(&cfg))
+            .map_err(rejection_status)?;
         match self.propose(Command::PutTopic(cfg), fwd).await? {
             Ok((CommandResult::TopicPut, _)) => Ok(Response::new(pb::PutTopicResponse {})),
             Ok((other, _)) => Err(unexpected(other)),
@@ -165,6 +169,52 @@ impl BrokerAdmin for AdminService {
                 self.proposer
                     .client(&leader)?
                     .put_topic(forwarded(msg))
+                    .await
+            }
+        }
+    }
+
+    async fn put_consumer_group(
+        &self,
+        req: Request<pb::PutConsumerGroupRequest>,
+    ) -> Result<Response<pb::PutConsumerGroupResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let group = msg
+            .group
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("group is required"))?;
+        let cfg = convert::group_from_pb(group);
+        limits::validate_group_config(&cfg).map_err(rejection_status)?;
+        match self.propose(Command::PutGroup(cfg), fwd).await? {
+            Ok((CommandResult::GroupPut, _)) => Ok(Response::new(pb::PutConsumerGroupResponse {})),
+            Ok((other, _)) => Err(unexpected(other)),
+            Err(leader) => {
+                self.proposer
+                    .client(&leader)?
+                    .put_consumer_group(forwarded(msg))
+                    .await
+            }
+        }
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        limits::validate_name("name", &msg.name).map_err(rejection_status)?;
+        let cmd = Command::DeleteTopic {
+            name: msg.name.clone(),
+        };
+        match self.propose(cmd, fwd).await? {
+            Ok((CommandResult::TopicDeleted, _)) => Ok(Response::new(pb::DeleteTopicResponse {})),
+            Ok((other, _)) => Err(unexpected(other)),
+            Err(leader) => {
+                self.proposer
+                    .client(&leader)?
+                    .delete_topic(forwarded(msg))
                     .await
             }
         }
@@ -315,6 +365,32 @@ impl BrokerAdmin for AdminService {
             .consumer_offset(&r.consumer_group, &r.topic, r.queue_id)
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::GetConsumerOffsetResponse { offset }))
+    }
+
+    async fn group_progress(
+        &self,
+        req: Request<pb::GroupProgressRequest>,
+    ) -> Result<Response<pb::GroupProgressResponse>, Status> {
+        let group = req.into_inner().consumer_group;
+        limits::validate_name("consumer_group", &group).map_err(rejection_status)?;
+        let queues = self
+            .reader
+            .group_progress(&group)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .map(|p| pb::QueueProgress {
+                lag: p.lag(),
+                consumer: p.consumer,
+                topic: p.topic,
+                queue_id: p.queue_id,
+                offset_min: p.offset_min,
+                offset_next: p.offset_next,
+                cursor: p.cursor,
+                inflight: p.inflight,
+                committed: p.committed,
+            })
+            .collect();
+        Ok(Response::new(pb::GroupProgressResponse { queues }))
     }
 
     async fn snapshot(

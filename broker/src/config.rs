@@ -36,6 +36,25 @@ pub struct BrokerConfig {
     /// lagging follower can catch up from the log instead of a full snapshot.
     #[serde(default = "defaults::log_keep_before_snapshot")]
     pub log_keep_before_snapshot: u64,
+    /// Age of an unresolved transaction half message at which its producers are first
+    /// asked to resolve it (RocketMQ: 6 s).
+    #[serde(default = "defaults::transaction_check_first_ms")]
+    pub transaction_check_first_ms: u64,
+    /// Time between further checks of one half message.
+    #[serde(default = "defaults::transaction_check_interval_ms")]
+    pub transaction_check_interval_ms: u64,
+    /// Checks after which an unresolved half message is rolled back (RocketMQ: 15).
+    #[serde(default = "defaults::transaction_check_max")]
+    pub transaction_check_max: u32,
+    /// Nameservers this node reports to (any one at a time; they gossip). Empty: none.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default = "defaults::nameserver_report_interval_ms")]
+    pub nameserver_report_interval_ms: u64,
+    /// Queues of a topic created on first use (a client's route query or send); 0 (the
+    /// default) refuses unknown topics, as production setups should.
+    #[serde(default)]
+    pub auto_create_topic_queues: u32,
 }
 
 mod defaults {
@@ -55,6 +74,18 @@ mod defaults {
         100_000
     }
     pub fn log_keep_before_snapshot() -> u64 {
+        1_000
+    }
+    pub fn transaction_check_first_ms() -> u64 {
+        6_000
+    }
+    pub fn transaction_check_interval_ms() -> u64 {
+        6_000
+    }
+    pub fn transaction_check_max() -> u32 {
+        15
+    }
+    pub fn nameserver_report_interval_ms() -> u64 {
         1_000
     }
 }
@@ -93,6 +124,20 @@ pub struct BrokerArgs {
     pub snapshot_logs_since_last: Option<u64>,
     #[arg(long, env = "ROCKETRAFT_LOG_KEEP_BEFORE_SNAPSHOT")]
     pub log_keep_before_snapshot: Option<u64>,
+    #[arg(long, env = "ROCKETRAFT_TRANSACTION_CHECK_FIRST_MS")]
+    pub transaction_check_first_ms: Option<u64>,
+    #[arg(long, env = "ROCKETRAFT_TRANSACTION_CHECK_INTERVAL_MS")]
+    pub transaction_check_interval_ms: Option<u64>,
+    #[arg(long, env = "ROCKETRAFT_TRANSACTION_CHECK_MAX")]
+    pub transaction_check_max: Option<u32>,
+    /// Nameservers to report to, comma-separated host:port.
+    #[arg(long, env = "ROCKETRAFT_NAMESERVERS")]
+    pub nameservers: Option<String>,
+    #[arg(long, env = "ROCKETRAFT_NAMESERVER_REPORT_INTERVAL_MS")]
+    pub nameserver_report_interval_ms: Option<u64>,
+    /// Create unknown topics on first use with this many queues (0: off, the default).
+    #[arg(long, env = "ROCKETRAFT_AUTO_CREATE_TOPIC_QUEUES")]
+    pub auto_create_topic_queues: Option<u32>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ROCKETRAFT_LOG_JSON")]
     pub log_json: bool,
@@ -129,6 +174,12 @@ struct FileConfig {
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
     snapshot_logs_since_last: Option<u64>,
+    transaction_check_first_ms: Option<u64>,
+    transaction_check_interval_ms: Option<u64>,
+    transaction_check_max: Option<u32>,
+    nameservers: Option<Vec<String>>,
+    nameserver_report_interval_ms: Option<u64>,
+    auto_create_topic_queues: Option<u32>,
     log_keep_before_snapshot: Option<u64>,
 }
 
@@ -202,6 +253,35 @@ impl BrokerArgs {
                 .log_keep_before_snapshot
                 .or(file.log_keep_before_snapshot)
                 .unwrap_or_else(defaults::log_keep_before_snapshot),
+            transaction_check_first_ms: self
+                .transaction_check_first_ms
+                .or(file.transaction_check_first_ms)
+                .unwrap_or_else(defaults::transaction_check_first_ms),
+            transaction_check_interval_ms: self
+                .transaction_check_interval_ms
+                .or(file.transaction_check_interval_ms)
+                .unwrap_or_else(defaults::transaction_check_interval_ms),
+            transaction_check_max: self
+                .transaction_check_max
+                .or(file.transaction_check_max)
+                .unwrap_or_else(defaults::transaction_check_max),
+            nameservers: match &self.nameservers {
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                None => file.nameservers.unwrap_or_default(),
+            },
+            nameserver_report_interval_ms: self
+                .nameserver_report_interval_ms
+                .or(file.nameserver_report_interval_ms)
+                .unwrap_or_else(defaults::nameserver_report_interval_ms),
+            auto_create_topic_queues: self
+                .auto_create_topic_queues
+                .or(file.auto_create_topic_queues)
+                .unwrap_or(0),
         };
         config.validate()?;
         Ok(config)
@@ -242,6 +322,23 @@ impl BrokerConfig {
         }
         if self.snapshot_logs_since_last == 0 {
             bail!("snapshot_logs_since_last must be at least 1");
+        }
+        if self.auto_create_topic_queues > rocketraft_raft_store::limits::QUEUE_COUNT_MAX {
+            bail!(
+                "auto_create_topic_queues ({}) must be at most {}",
+                self.auto_create_topic_queues,
+                rocketraft_raft_store::limits::QUEUE_COUNT_MAX
+            );
+        }
+        if self.nameserver_report_interval_ms == 0 {
+            bail!("nameserver_report_interval_ms must be at least 1");
+        }
+        if self.transaction_check_interval_ms < 100 || self.transaction_check_max == 0 {
+            bail!(
+                "transaction_check_interval_ms ({}) must be at least 100 and transaction_check_max ({}) at least 1",
+                self.transaction_check_interval_ms,
+                self.transaction_check_max
+            );
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! Wire types (prost) to domain types and back: the only place that knows both.
 
 use rocketraft_proto::admin as pb;
-use rocketraft_raft_store::{MessageKind, NewMessage, Permission, StoredMessage, TopicConfig};
+use rocketraft_raft_store::{
+    GroupConfig, MessageKind, NewMessage, Permission, RetryBackoff, StoredMessage, TopicConfig,
+};
 
 pub fn message_kind_from_pb(t: pb::MessageType) -> Option<MessageKind> {
     match t {
@@ -69,6 +71,60 @@ pub fn topic_to_pb(t: &TopicConfig) -> pb::TopicConfig {
             .iter()
             .map(|k| message_kind_to_pb(*k) as i32)
             .collect(),
+    }
+}
+
+/// A consumer group's config; 0 delivery attempts means the default.
+pub fn group_from_pb(g: pb::ConsumerGroupConfig) -> GroupConfig {
+    use pb::retry_policy::Policy;
+    let retry = match g.retry_policy.and_then(|p| p.policy) {
+        None => RetryBackoff::default(),
+        Some(Policy::Customized(c)) => RetryBackoff::Customized {
+            delays_ms: c.delays_ms,
+        },
+        Some(Policy::Exponential(e)) => RetryBackoff::Exponential {
+            initial_ms: e.initial_ms,
+            max_ms: e.max_ms,
+            // Out-of-range values (NaN included) saturate and are refused by validation.
+            multiplier_milli: (e.multiplier * 1000.0).round() as u32,
+        },
+    };
+    GroupConfig {
+        max_delivery_attempts: match g.max_delivery_attempts {
+            0 => GroupConfig::DEFAULT_MAX_DELIVERY_ATTEMPTS,
+            n => n,
+        },
+        orderly: g.orderly,
+        broadcast: g.broadcast,
+        name: g.name,
+        retry,
+    }
+}
+
+pub fn group_to_pb(g: GroupConfig) -> pb::ConsumerGroupConfig {
+    use pb::retry_policy::Policy;
+    let policy = match g.retry {
+        RetryBackoff::Customized { delays_ms } => {
+            Policy::Customized(pb::CustomizedRetry { delays_ms })
+        }
+        RetryBackoff::Exponential {
+            initial_ms,
+            max_ms,
+            multiplier_milli,
+        } => Policy::Exponential(pb::ExponentialRetry {
+            initial_ms,
+            max_ms,
+            multiplier: multiplier_milli as f64 / 1000.0,
+        }),
+    };
+    pb::ConsumerGroupConfig {
+        name: g.name,
+        orderly: g.orderly,
+        max_delivery_attempts: g.max_delivery_attempts,
+        broadcast: g.broadcast,
+        retry_policy: Some(pb::RetryPolicy {
+            policy: Some(policy),
+        }),
     }
 }
 

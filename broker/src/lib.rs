@@ -14,4 +14,5 @@ pub mod config;
 pub mod convert;
 pub mod node;
 pub mod proposer;
+pub mod report;
 pub mod service;

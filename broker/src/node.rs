@@ -18,7 +18,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::{ADMIN_MESSAGE_BYTES_MAX, AdminService};
 use crate::config::BrokerConfig;
 use crate::proposer::Proposer;
-use crate::service::{MessagingServiceImpl, ServiceContext};
+use crate::service::{MessagingServiceImpl, ServiceContext, TransactionChecks, delay, transaction};
 
 /// How long a write waits for a leader during an election before it fails.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -31,6 +31,7 @@ pub struct BrokerNode {
     pub local_addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     stop_server: tokio::sync::oneshot::Sender<()>,
+    stop_background: tokio::sync::watch::Sender<bool>,
 }
 
 fn raft_config(c: &BrokerConfig) -> anyhow::Result<openraft::Config> {
@@ -73,13 +74,37 @@ impl BrokerNode {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let messaging = MessagingServiceImpl::new(Arc::new(ServiceContext::new(
+        let mut ctx = ServiceContext::new(
+            config.node_id,
             config.group.clone(),
             config.advertised_addr(),
             raft.clone(),
             reader.clone(),
             Proposer::new(raft.clone(), LEADER_WAIT),
-        )));
+            TransactionChecks {
+                first: Duration::from_millis(config.transaction_check_first_ms),
+                interval: Duration::from_millis(config.transaction_check_interval_ms),
+                max: config.transaction_check_max,
+            },
+        );
+        ctx.auto_create_topic_queues = config.auto_create_topic_queues;
+        let ctx = Arc::new(ctx);
+        // Background work every node runs: delivering due DELAY messages (the leader) and
+        // checking unresolved transactions with connected producers.
+        let (stop_background, background) = tokio::sync::watch::channel(false);
+        tokio::spawn(delay::run_timers(ctx.clone(), background.clone()));
+        tokio::spawn(transaction::run_checks(ctx.clone(), background.clone()));
+        let reporter = crate::report::Reporter {
+            group: config.group.clone(),
+            node_id: config.node_id,
+            addr: config.advertised_addr(),
+            raft: raft.clone(),
+            reader: reader.clone(),
+            nameservers: config.nameservers.clone(),
+            interval: Duration::from_millis(config.nameserver_report_interval_ms),
+        };
+        tokio::spawn(reporter.run(background));
+        let messaging = MessagingServiceImpl::new(ctx);
         let admin = AdminService {
             node_id: config.node_id,
             group: config.group.clone(),
@@ -130,6 +155,7 @@ impl BrokerNode {
             local_addr,
             server,
             stop_server,
+            stop_background,
         })
     }
 
@@ -137,6 +163,7 @@ impl BrokerNode {
     /// the state machine.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop_server.send(());
+        let _ = self.stop_background.send(true);
         match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!("server ended with an error: {e}"),

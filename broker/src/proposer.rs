@@ -21,10 +21,9 @@ pub fn is_forwarded(metadata: &MetadataMap) -> bool {
     metadata.contains_key(FORWARDED)
 }
 
-/// `msg` as a request to forward to the leader: marked as forwarded, and carrying the
-/// client's own `x-mq-*` headers (its id, language and version decide how the leader
-/// answers). Transport headers are left to tonic.
-pub fn forwarded_request<T>(client_metadata: &MetadataMap, msg: T) -> tonic::Request<T> {
+/// `msg` as a request carrying the client's own `x-mq-*` headers (its id, language and
+/// version decide how the receiver answers). Transport headers are left to tonic.
+pub fn with_client_headers<T>(client_metadata: &MetadataMap, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     let md = req.metadata_mut();
     for kv in client_metadata.iter() {
@@ -34,7 +33,14 @@ pub fn forwarded_request<T>(client_metadata: &MetadataMap, msg: T) -> tonic::Req
             md.insert(key.clone(), value.clone());
         }
     }
-    md.insert(FORWARDED, MetadataValue::from_static("1"));
+    req
+}
+
+/// `msg` as a request to forward to the leader: the client's headers, marked as forwarded.
+pub fn forwarded_request<T>(client_metadata: &MetadataMap, msg: T) -> tonic::Request<T> {
+    let mut req = with_client_headers(client_metadata, msg);
+    req.metadata_mut()
+        .insert(FORWARDED, MetadataValue::from_static("1"));
     req
 }
 
@@ -115,6 +121,10 @@ impl Proposer {
                 }
             }
         }
+    }
+
+    pub fn leader_wait(&self) -> Duration {
+        self.leader_wait
     }
 
     /// A (cached, lazily connected) channel to the node at `addr`.

@@ -4,19 +4,31 @@
 //! - [`status`]: in-band statuses and per-client code compatibility;
 //! - [`route`]: QueryRoute, Heartbeat, QueryAssignment, NotifyClientTermination;
 //! - [`telemetry`]: the settings handshake stream;
-//! - [`send`]: SendMessage (NORMAL and FIFO so far).
+//! - [`send`]: SendMessage (NORMAL, FIFO, DELAY, TRANSACTION);
+//! - [`receive`]: ReceiveMessage, AckMessage, ChangeInvisibleDuration,
+//!   ForwardMessageToDeadLetterQueue (the pop-based Simple and Push consumers);
+//! - [`transaction`]: EndTransaction and the orphaned-transaction checks;
+//! - [`pull`]: PullMessage, UpdateOffset, GetOffset, QueryOffset;
+//! - [`message`]: stored messages as the clients receive them.
 //!
-//! Receive/ack, delay, transactions and the pull API are not built yet; those RPCs answer
-//! an in-band NOT_IMPLEMENTED naming what is missing (see docs/compatibility.md).
+//! A node that is not the leader forwards whatever must be proposed to the leader, so every
+//! node serves every RPC. RecallMessage and SyncLiteSubscription answer an in-band
+//! NOT_IMPLEMENTED (see docs/compatibility.md).
 
+pub mod delay;
+pub mod message;
+pub mod pull;
+pub mod receive;
 pub mod route;
 pub mod send;
 pub mod status;
 pub mod telemetry;
+pub mod transaction;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rocketraft_proto::rocketmq::v2 as pb;
 use rocketraft_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
@@ -27,7 +39,7 @@ use rocketraft_raft_store::{Raft, StateReader};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use self::status::{ClientInfo, status};
+use self::status::{ClientInfo, not_implemented};
 use crate::proposer::{self, Proposer};
 
 /// Largest request the official clients may send: a 4 MiB body plus a batch's framing.
@@ -38,41 +50,100 @@ const CLIENTS_MAX: usize = 100_000;
 
 type TelemetrySender = mpsc::Sender<Result<pb::TelemetryCommand, Status>>;
 
+/// A client with an open telemetry stream to this node.
+#[derive(Clone)]
+pub struct TelemetryClient {
+    pub tx: TelemetrySender,
+    /// Topics the client publishes, once its settings say it is a producer.
+    pub producer_topics: Option<Vec<String>>,
+}
+
+/// When unresolved transactions are checked back with their producers.
+#[derive(Debug, Clone, Copy)]
+pub struct TransactionChecks {
+    pub first: Duration,
+    pub interval: Duration,
+    pub max: u32,
+}
+
 /// What every RPC handler of this node shares.
 pub struct ServiceContext {
+    pub node_id: u64,
     pub group: String,
     /// This node's address as peers and clients reach it.
     pub advertised_addr: String,
     pub raft: Raft,
     pub reader: StateReader,
     pub proposer: Proposer,
-    /// Round-robin position for messages without a message group.
+    pub transaction_checks: TransactionChecks,
+    /// Queues of topics created on first use; 0: unknown topics are refused.
+    pub auto_create_topic_queues: u32,
+    /// Round-robin position for messages without a message group, and for the first queue
+    /// a pop over all queues looks at.
     pub next_queue: AtomicU32,
-    telemetry: Mutex<HashMap<String, TelemetrySender>>,
+    /// Makes transaction ids unique on this node.
+    pub next_transaction: AtomicU64,
+    /// Open telemetry streams by client id.
+    telemetry: Mutex<HashMap<String, Vec<TelemetryClient>>>,
 }
 
 impl ServiceContext {
     pub fn new(
+        node_id: u64,
         group: String,
         advertised_addr: String,
         raft: Raft,
         reader: StateReader,
         proposer: Proposer,
+        transaction_checks: TransactionChecks,
     ) -> Self {
         Self {
+            node_id,
             group,
             advertised_addr,
             raft,
             reader,
             proposer,
+            transaction_checks,
+            auto_create_topic_queues: 0,
             next_queue: AtomicU32::new(0),
+            next_transaction: AtomicU64::new(0),
             telemetry: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Whether this node leads the group.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(m.id)
+    }
+
+    /// Waits (bounded by the proposer's leader wait) until the group's leader is known and
+    /// is not the node at `addr`.
+    pub async fn wait_leader_other_than(&self, addr: &str) {
+        let addr = addr.to_string();
+        let _ = self
+            .raft
+            .wait(Some(self.proposer.leader_wait()))
+            .metrics(
+                move |m| {
+                    m.current_leader.is_some_and(|l| {
+                        m.membership_config
+                            .membership()
+                            .get_node(&l)
+                            .is_some_and(|n| n.addr != addr)
+                    })
+                },
+                "a leader other than the unreachable one",
+            )
+            .await;
+    }
+
     /// The leader's address, when the leader is another node.
     pub fn leader_addr_if_elsewhere(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let leader = m.current_leader.filter(|l| *l != m.id)?;
         m.membership_config
             .membership()
@@ -80,14 +151,65 @@ impl ServiceContext {
             .map(|n| n.addr.clone())
     }
 
+    /// The leader's address when it is another node, waiting (bounded by the proposer's
+    /// leader wait) while no leader is known; `None` when this node leads.
+    pub async fn leader_elsewhere_once_known(&self) -> Option<String> {
+        let _ = self
+            .raft
+            .wait(Some(self.proposer.leader_wait()))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        self.leader_addr_if_elsewhere()
+    }
+
+    /// Telemetry streams to this node of producers that publish `topic`. A client may hold
+    /// several (its own, and one a nameserver relays for it); each gets the command.
+    pub fn producers_of(&self, topic: &str) -> Vec<TelemetrySender> {
+        self.telemetry
+            .lock()
+            .expect("lock poisoned")
+            .values()
+            .flatten()
+            .filter(|c| {
+                c.producer_topics
+                    .as_ref()
+                    .is_some_and(|t| t.iter().any(|t| t == topic))
+            })
+            .map(|c| c.tx.clone())
+            .collect()
+    }
+
+    fn set_producer_topics(
+        &self,
+        client_id: &str,
+        tx: &TelemetrySender,
+        topics: Option<Vec<String>>,
+    ) {
+        let mut clients = self.telemetry.lock().expect("lock poisoned");
+        if let Some(c) = clients
+            .get_mut(client_id)
+            .and_then(|streams| streams.iter_mut().find(|c| c.tx.same_channel(tx)))
+        {
+            c.producer_topics = topics;
+        }
+    }
+
     fn register_client(&self, client_id: &str, tx: TelemetrySender) {
         let mut clients = self.telemetry.lock().expect("lock poisoned");
         if clients.len() >= CLIENTS_MAX && !clients.contains_key(client_id) {
             // Drop streams whose readers are gone before refusing to track a new one.
-            clients.retain(|_, tx| !tx.is_closed());
+            for streams in clients.values_mut() {
+                streams.retain(|c| !c.tx.is_closed());
+            }
+            clients.retain(|_, streams| !streams.is_empty());
         }
         if clients.len() < CLIENTS_MAX || clients.contains_key(client_id) {
-            clients.insert(client_id.to_string(), tx);
+            let streams = clients.entry(client_id.to_string()).or_default();
+            streams.retain(|c| !c.tx.is_closed());
+            streams.push(TelemetryClient {
+                tx,
+                producer_topics: None,
+            });
         }
     }
 
@@ -97,6 +219,60 @@ impl ServiceContext {
             .expect("lock poisoned")
             .remove(client_id);
     }
+
+    /// Forgets one of the client's streams when it ends.
+    fn forget_stream(&self, client_id: &str, tx: &TelemetrySender) {
+        let mut clients = self.telemetry.lock().expect("lock poisoned");
+        if let Some(streams) = clients.get_mut(client_id) {
+            streams.retain(|c| !c.tx.same_channel(tx));
+            if streams.is_empty() {
+                clients.remove(client_id);
+            }
+        }
+    }
+}
+
+/// Where a request that changes state ended on this node.
+pub enum Outcome<T> {
+    Done(T),
+    /// Another node leads the group; the request goes there.
+    Forward(String),
+}
+
+/// Proposes `cmd` through Raft when this node leads (or no leader is known yet).
+pub async fn propose(
+    ctx: &ServiceContext,
+    cmd: rocketraft_raft_store::Command,
+) -> Result<Outcome<rocketraft_raft_store::CommandResult>, Status> {
+    Ok(match ctx.proposer.propose(cmd).await? {
+        proposer::Proposed::Applied { result, .. } => Outcome::Done(result),
+        proposer::Proposed::Forward(addr) => Outcome::Forward(addr),
+    })
+}
+
+/// The time left before the client's gRPC deadline (`grpc-timeout`), if it set one.
+pub fn grpc_deadline(md: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A client of another node's MessagingService, with the same message limits we serve.
+pub fn messaging_client(
+    channel: tonic::transport::Channel,
+) -> MessagingServiceClient<tonic::transport::Channel> {
+    MessagingServiceClient::new(channel)
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
 }
 
 #[derive(Clone)]
@@ -109,6 +285,20 @@ impl MessagingServiceImpl {
         Self { ctx }
     }
 
+    /// A client of the leader at `addr`, for a request this node cannot serve itself.
+    fn leader_client(
+        &self,
+        addr: &str,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<MessagingServiceClient<tonic::transport::Channel>, Status> {
+        if proposer::is_forwarded(md) {
+            return Err(Status::unavailable(format!(
+                "this node is not the leader (leader at {addr}) and the request was already forwarded once"
+            )));
+        }
+        Ok(messaging_client(self.ctx.proposer.channel(addr)?))
+    }
+
     pub fn into_server(self) -> MessagingServiceServer<Self> {
         MessagingServiceServer::new(self)
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
@@ -116,18 +306,49 @@ impl MessagingServiceImpl {
     }
 }
 
-fn not_implemented(what: &str) -> Option<pb::Status> {
-    Some(status(
-        pb::Code::NotImplemented,
-        format!("{what} is not implemented by rocketraft yet"),
-    ))
+/// Serves a unary request on this node or forwards it to the leader.
+/// Forwarding attempts per request: the first, and one after each observed leader change.
+const FORWARD_ATTEMPTS: usize = 3;
+
+/// Whether a forwarded call failed because the leader could not be reached (it died or is
+/// being replaced), rather than because the leader answered.
+fn leader_unreachable(e: &Status) -> bool {
+    matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
 }
 
-type BoxStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-fn one_frame<T: Send + 'static>(frame: T) -> BoxStream<T> {
-    Box::pin(tokio_stream::once(Ok(frame)))
+/// Serves a unary request on this node or forwards it to the leader. A leader that cannot
+/// be reached is waited out (an election takes a second or two) and the request is served
+/// again, locally or by the new leader, so clients ride through a failover.
+macro_rules! serve_or_forward {
+    ($self:ident, $req:ident, $handler:path, $rpc:ident) => {{
+        let client = ClientInfo::from_metadata($req.metadata());
+        let md = $req.metadata().clone();
+        let body = $req.into_inner();
+        let mut attempt = 1;
+        loop {
+            match $handler(&$self.ctx, &client, &body).await? {
+                Outcome::Done(resp) => break Ok(Response::new(resp)),
+                Outcome::Forward(addr) => {
+                    let result = $self
+                        .leader_client(&addr, &md)?
+                        .$rpc(proposer::forwarded_request(&md, body.clone()))
+                        .await;
+                    match result {
+                        Err(e) if attempt < FORWARD_ATTEMPTS && leader_unreachable(&e) => {
+                            tracing::debug!(%addr, "leader unreachable ({e}); waiting for a new one");
+                            $self.ctx.wait_leader_other_than(&addr).await;
+                            attempt += 1;
+                        }
+                        other => break other,
+                    }
+                }
+            }
+        }
+    }};
 }
+
+pub type BoxStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl MessagingService for MessagingServiceImpl {
@@ -136,11 +357,9 @@ impl MessagingService for MessagingServiceImpl {
         req: Request<pb::QueryRouteRequest>,
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
         let client = ClientInfo::from_metadata(req.metadata());
-        Ok(Response::new(route::query_route(
-            &self.ctx,
-            &client,
-            req.into_inner(),
-        )))
+        Ok(Response::new(
+            route::query_route(&self.ctx, &client, req.into_inner()).await?,
+        ))
     }
 
     async fn heartbeat(
@@ -154,114 +373,128 @@ impl MessagingService for MessagingServiceImpl {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let client = ClientInfo::from_metadata(req.metadata());
-        let already_forwarded = proposer::is_forwarded(req.metadata());
-        let metadata = req.metadata().clone();
-        let body = req.into_inner();
-        match send::send_message(&self.ctx, &client, &body).await? {
-            send::Sent::Done(resp) => Ok(Response::new(resp)),
-            send::Sent::Forward(addr) if already_forwarded => Err(Status::unavailable(format!(
-                "this node is not the leader (leader at {addr}) and the request was already forwarded once"
-            ))),
-            send::Sent::Forward(addr) => {
-                let mut client = MessagingServiceClient::new(self.ctx.proposer.channel(&addr)?)
-                    .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
-                client
-                    .send_message(proposer::forwarded_request(&metadata, body))
-                    .await
-            }
-        }
+        serve_or_forward!(self, req, send::send_message, send_message)
     }
 
     async fn query_assignment(
         &self,
-        _req: Request<pb::QueryAssignmentRequest>,
+        req: Request<pb::QueryAssignmentRequest>,
     ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
-        Ok(Response::new(pb::QueryAssignmentResponse {
-            status: not_implemented("QueryAssignment (push consumers)"),
-            assignments: vec![],
-        }))
+        let client = ClientInfo::from_metadata(req.metadata());
+        Ok(Response::new(route::query_assignment(
+            &self.ctx,
+            &client,
+            req.into_inner(),
+        )))
     }
 
     type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
 
     async fn receive_message(
         &self,
-        _req: Request<pb::ReceiveMessageRequest>,
+        req: Request<pb::ReceiveMessageRequest>,
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
-        Ok(Response::new(one_frame(pb::ReceiveMessageResponse {
-            content: not_implemented("ReceiveMessage")
-                .map(pb::receive_message_response::Content::Status),
-        })))
+        let client = ClientInfo::from_metadata(req.metadata());
+        let md = req.metadata().clone();
+        let deadline = grpc_deadline(&md);
+        let body = req.into_inner();
+        // Pops are proposals: the leader runs the whole long poll, and its stream is relayed.
+        let mut attempt = 1;
+        while let Some(addr) = self.ctx.leader_addr_if_elsewhere() {
+            let mut fwd = proposer::forwarded_request(&md, body.clone());
+            if let Some(d) = deadline {
+                fwd.set_timeout(d);
+            }
+            match self.leader_client(&addr, &md)?.receive_message(fwd).await {
+                Ok(stream) => {
+                    return Ok(Response::new(receive::relay(stream.into_inner(), client)));
+                }
+                Err(e) if attempt < FORWARD_ATTEMPTS && leader_unreachable(&e) => {
+                    self.ctx.wait_leader_other_than(&addr).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Response::new(receive::receive(
+            self.ctx.clone(),
+            client,
+            deadline,
+            body,
+        )))
     }
 
     async fn ack_message(
         &self,
-        _req: Request<pb::AckMessageRequest>,
+        req: Request<pb::AckMessageRequest>,
     ) -> Result<Response<pb::AckMessageResponse>, Status> {
-        Ok(Response::new(pb::AckMessageResponse {
-            status: not_implemented("AckMessage"),
-            entries: vec![],
-        }))
+        serve_or_forward!(self, req, receive::ack, ack_message)
     }
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _req: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+        req: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
-        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
-            status: not_implemented("ForwardMessageToDeadLetterQueue"),
-        }))
+        serve_or_forward!(
+            self,
+            req,
+            receive::forward_to_dead_letter_queue,
+            forward_message_to_dead_letter_queue
+        )
     }
 
     type PullMessageStream = BoxStream<pb::PullMessageResponse>;
 
     async fn pull_message(
         &self,
-        _req: Request<pb::PullMessageRequest>,
+        req: Request<pb::PullMessageRequest>,
     ) -> Result<Response<Self::PullMessageStream>, Status> {
-        Ok(Response::new(one_frame(pb::PullMessageResponse {
-            content: not_implemented("PullMessage").map(pb::pull_message_response::Content::Status),
-        })))
+        let client = ClientInfo::from_metadata(req.metadata());
+        let deadline = grpc_deadline(req.metadata());
+        Ok(Response::new(pull::pull(
+            self.ctx.clone(),
+            client,
+            deadline,
+            req.into_inner(),
+        )))
     }
 
     async fn update_offset(
         &self,
-        _req: Request<pb::UpdateOffsetRequest>,
+        req: Request<pb::UpdateOffsetRequest>,
     ) -> Result<Response<pb::UpdateOffsetResponse>, Status> {
-        Ok(Response::new(pb::UpdateOffsetResponse {
-            status: not_implemented("UpdateOffset"),
-        }))
+        serve_or_forward!(self, req, pull::update_offset, update_offset)
     }
 
     async fn get_offset(
         &self,
-        _req: Request<pb::GetOffsetRequest>,
+        req: Request<pb::GetOffsetRequest>,
     ) -> Result<Response<pb::GetOffsetResponse>, Status> {
-        Ok(Response::new(pb::GetOffsetResponse {
-            status: not_implemented("GetOffset"),
-            offset: 0,
-        }))
+        let client = ClientInfo::from_metadata(req.metadata());
+        Ok(Response::new(pull::get_offset(
+            &self.ctx,
+            &client,
+            req.into_inner(),
+        )))
     }
 
     async fn query_offset(
         &self,
-        _req: Request<pb::QueryOffsetRequest>,
+        req: Request<pb::QueryOffsetRequest>,
     ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
-        Ok(Response::new(pb::QueryOffsetResponse {
-            status: not_implemented("QueryOffset"),
-            offset: 0,
-        }))
+        let client = ClientInfo::from_metadata(req.metadata());
+        Ok(Response::new(pull::query_offset(
+            &self.ctx,
+            &client,
+            req.into_inner(),
+        )))
     }
 
     async fn end_transaction(
         &self,
-        _req: Request<pb::EndTransactionRequest>,
+        req: Request<pb::EndTransactionRequest>,
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
-        Ok(Response::new(pb::EndTransactionResponse {
-            status: not_implemented("EndTransaction"),
-        }))
+        serve_or_forward!(self, req, transaction::end_transaction, end_transaction)
     }
 
     type TelemetryStream = telemetry::TelemetryStream;
@@ -292,12 +525,14 @@ impl MessagingService for MessagingServiceImpl {
 
     async fn change_invisible_duration(
         &self,
-        _req: Request<pb::ChangeInvisibleDurationRequest>,
+        req: Request<pb::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
-        Ok(Response::new(pb::ChangeInvisibleDurationResponse {
-            status: not_implemented("ChangeInvisibleDuration"),
-            receipt_handle: String::new(),
-        }))
+        serve_or_forward!(
+            self,
+            req,
+            receive::change_invisible_duration,
+            change_invisible_duration
+        )
     }
 
     async fn recall_message(

@@ -15,6 +15,14 @@ pub fn status(code: Code, message: impl Into<String>) -> Status {
     }
 }
 
+/// The in-band answer of an RPC rocketraft does not serve (yet).
+pub fn not_implemented(what: &str) -> Option<Status> {
+    Some(status(
+        Code::NotImplemented,
+        format!("{what} is not implemented by rocketraft yet"),
+    ))
+}
+
 pub fn ok() -> Status {
     status(Code::Ok, "OK")
 }
