@@ -128,6 +128,7 @@ async fn bad_input_is_rejected_with_a_clear_error_and_changes_nothing() -> anyho
         (topic("", 1), "topic.name"),
         (topic("T", 0), "topic.queue_count"),
         (topic("T", 5000), "topic.queue_count"),
+        (topic("%DLQ%Mine", 1), "reserved"),
         (topic("Valid", 1), "queues cannot be removed"),
     ] {
         let status = c.put_topic(req).await.expect_err("bad topic must fail");

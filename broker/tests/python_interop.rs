@@ -7,22 +7,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use common::{Cluster, InteropReceipt, assert_interop_messages};
-
-fn python() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("ROCKETRAFT_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var("HOME")?).join(".cache/rocketraft-venv/bin/python"),
-    };
-    if !path.exists() {
-        bail!(
-            "{} not found: run ./scripts/setup.sh, which installs the official Python client into that virtualenv",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+use anyhow::Context;
+use common::{Cluster, InteropReceipt, assert_interop_messages, python};
 
 #[derive(serde::Deserialize)]
 struct Receipt {

@@ -1,43 +1,18 @@
 //! The official Rust client (`rocketmq` 5.0.0 from crates.io, unmodified) producing NORMAL and
 //! FIFO messages against a real 3-node group, through a follower's address. The client lives
 //! in its own crate (tests/interop/rust-producer) because it pins tonic 0.9; this test builds
-//! it with a separate target dir and runs it.
+//! it with a separate target dir and runs its `produce` scenario.
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use common::{Cluster, InteropReceipt, assert_interop_messages};
-
-fn build_producer() -> anyhow::Result<PathBuf> {
-    let manifest =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/rust-producer/Cargo.toml");
-    let target_dir = match std::env::var_os("ROCKETRAFT_INTEROP_TARGET_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var("HOME")?).join(".cache/rocketraft-interop-target"),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .output()
-        .context("running cargo to build the Rust interop producer")?;
-    if !out.status.success() {
-        bail!(
-            "building the Rust interop producer failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(target_dir.join("debug/rocketraft-interop-rust-producer"))
-}
+use anyhow::Context;
+use common::{Cluster, InteropReceipt, assert_interop_messages, build_rust_interop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_rust_producer_sends_normal_and_fifo_messages() -> anyhow::Result<()> {
-    let producer = tokio::task::spawn_blocking(build_producer).await??;
+    let producer = tokio::task::spawn_blocking(build_rust_interop).await??;
     let cluster = Cluster::start(3, &[])?;
     let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
     cluster.create_topic(leader, "RustTopic", 4).await?;
@@ -48,7 +23,12 @@ async fn official_rust_producer_sends_normal_and_fifo_messages() -> anyhow::Resu
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(&producer)
-            .args([access_point.as_str(), "RustTopic", &count.to_string()])
+            .args([
+                "produce",
+                access_point.as_str(),
+                "RustTopic",
+                &count.to_string(),
+            ])
             .kill_on_drop(true)
             .output(),
     )
@@ -60,8 +40,11 @@ async fn official_rust_producer_sends_normal_and_fifo_messages() -> anyhow::Resu
         "Rust producer failed: {stderr}\n{}",
         cluster.logs_tail()
     );
-    let receipts: Vec<InteropReceipt> = String::from_utf8(out.stdout)?
+    let stdout = String::from_utf8(out.stdout)?;
+    // Receipt lines, then the driver's closing `SUMMARY {json}` line.
+    let receipts: Vec<InteropReceipt> = stdout
         .lines()
+        .filter(|l| !l.starts_with("SUMMARY "))
         .map(|l| {
             let (i, id) = l.split_once(' ').context("receipt line")?;
             Ok(InteropReceipt {

@@ -9,6 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+mod clients;
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use clients::{assert_delay_lateness, build_rust_interop, python};
 use rocketraft_proto::admin as pb;
 use rocketraft_proto::admin::broker_admin_client::BrokerAdminClient;
 use tokio::time::Instant;
@@ -233,6 +238,60 @@ impl Cluster {
             })
             .await?;
         Ok(())
+    }
+
+    pub async fn create_group(
+        &self,
+        via: u64,
+        name: &str,
+        orderly: bool,
+        max_delivery_attempts: u32,
+    ) -> anyhow::Result<()> {
+        self.put_group(
+            via,
+            pb::ConsumerGroupConfig {
+                name: name.into(),
+                orderly,
+                max_delivery_attempts,
+                broadcast: false,
+                retry_policy: None,
+            },
+        )
+        .await
+    }
+
+    pub async fn put_group(&self, via: u64, group: pb::ConsumerGroupConfig) -> anyhow::Result<()> {
+        self.client(via)
+            .await?
+            .put_consumer_group(pb::PutConsumerGroupRequest { group: Some(group) })
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a 3-node group for a client scenario: creates `topic` and the groups whose
+    /// policy differs from the default ((name, orderly, max delivery attempts); other groups
+    /// are used unconfigured, as an application would), and returns it with its leader and a
+    /// follower that has applied all that (clients' first QueryRoute goes to the follower).
+    pub async fn for_scenario(
+        broker_args: &[&str],
+        topic: &str,
+        queues: u32,
+        groups: &[(&str, bool, u32)],
+    ) -> anyhow::Result<(Self, u64, u64)> {
+        let cluster = Self::start(3, broker_args)?;
+        let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
+        cluster.create_topic(leader, topic, queues).await?;
+        for (name, orderly, max_attempts) in groups {
+            cluster
+                .create_group(leader, name, *orderly, *max_attempts)
+                .await?;
+        }
+        let follower = (1..=3).find(|id| *id != leader).context("a follower")?;
+        let commit = cluster.status(leader).await?.commit_index;
+        cluster
+            .wait_applied(follower, commit, Duration::from_secs(20))
+            .await?;
+        Ok((cluster, leader, follower))
     }
 
     /// Every message of one queue as node `id` has it.
