@@ -285,6 +285,16 @@ pub enum Command {
     /// Delete a topic and its messages. Its queues keep their offsets, so a topic created
     /// again under the name continues after them and no consumer cursor points past the end.
     DeleteTopic { name: String },
+    /// Move a consumer group, on every queue of `topic`, to the first message stored at or
+    /// after `timestamp_ms` (the queue's end if none was): the receive cursor of each of its
+    /// consumers and the committed offset. Messages in flight to the group are dropped from
+    /// the in-flight table (their handles go stale), so nothing is delivered twice at once.
+    /// Offsets are resolved when applied, against the state every replica has then.
+    ResetOffsets {
+        group: String,
+        topic: String,
+        timestamp_ms: i64,
+    },
 }
 
 impl Command {
@@ -300,6 +310,7 @@ impl Command {
                 | Command::Deliver { .. }
                 | Command::EndTransaction { .. }
                 | Command::TransactionsChecked { .. }
+                | Command::ResetOffsets { .. }
         )
     }
 }
@@ -338,6 +349,8 @@ pub enum CommandResult {
         rolled_back: u32,
     },
     TopicDeleted,
+    /// The new offset of each queue, by queue id, after [`Command::ResetOffsets`].
+    OffsetsReset(Vec<u64>),
     /// The command was valid when proposed but not against the state it was applied to
     /// (e.g. the topic was deleted in between). Nothing was changed.
     Rejected(Rejection),

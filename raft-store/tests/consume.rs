@@ -468,3 +468,56 @@ async fn group_progress_counts_what_is_left_per_queue() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn reset_offsets_moves_a_group_to_a_time_and_drops_its_in_flight() -> anyhow::Result<()> {
+    let mut sm = Sm::new()?;
+    let at = |ts: i64, range: std::ops::Range<usize>| Command::Append {
+        topic: "T".into(),
+        queue_id: 0,
+        store_timestamp_ms: ts,
+        messages: range.map(msg).collect(),
+    };
+    sm.apply_all(vec![topic("T", 2), at(10, 0..3), at(20, 3..5)])
+        .await?;
+    let first = sm.pop("G", 10, 60_000, 100).await;
+    assert_eq!(first.len(), 5);
+
+    let reset = |ts| Command::ResetOffsets {
+        group: "G".into(),
+        topic: "T".into(),
+        timestamp_ms: ts,
+    };
+    // Queue 0 moves to its first message stored at 20; empty queue 1 stays at its end.
+    assert_eq!(
+        sm.apply(reset(15)).await?,
+        CommandResult::OffsetsReset(vec![3, 0])
+    );
+    // What was in flight is gone: its handles are stale, and the group resumes at offset 3.
+    assert_eq!(sm.ack("G", vec![first[0].handle]).await, [false]);
+    assert_eq!(ids(&sm.pop("G", 10, 60_000, 200).await), ["id-3", "id-4"]);
+    let progress = sm.sm.reader().group_progress("G")?;
+    assert_eq!(progress[0].committed, Some(3));
+
+    // Rewound to 0: everything again; past the end: nothing.
+    assert_eq!(
+        sm.apply(reset(0)).await?,
+        CommandResult::OffsetsReset(vec![0, 0])
+    );
+    assert_eq!(sm.pop("G", 10, 60_000, 300).await.len(), 5);
+    assert_eq!(
+        sm.apply(reset(i64::MAX)).await?,
+        CommandResult::OffsetsReset(vec![5, 0])
+    );
+    assert!(sm.pop("G", 10, 60_000, 400).await.is_empty());
+    assert_eq!(
+        sm.apply(Command::ResetOffsets {
+            group: "G".into(),
+            topic: "Nope".into(),
+            timestamp_ms: 0,
+        })
+        .await?,
+        CommandResult::Rejected(Rejection::UnknownTopic("Nope".into()))
+    );
+    Ok(())
+}

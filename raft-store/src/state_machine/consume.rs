@@ -14,8 +14,9 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CF_HALVES, CF_INFLIGHT, CF_MESSAGES, CF_POPS, CF_TIMERS, Inner, Pending, QueueState, ReadError,
-    StateMachineStore, StateReader, message_key, queue_key, sm_err,
+    CF_HALVES, CF_INFLIGHT, CF_MESSAGES, CF_OFFSETS, CF_POPS, CF_TIMERS, Inner, Pending,
+    QueueState, ReadError, StateMachineStore, StateReader, consumer_offset_key, message_key,
+    queue_key, sm_err,
 };
 use crate::limits;
 use crate::types::{
@@ -211,6 +212,28 @@ impl Inner {
         Ok(out)
     }
 
+    /// The first offset of a queue whose message was stored at or after `timestamp_ms`
+    /// (`queue.offset_next` if none was). Store timestamps only grow along a queue.
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue: QueueState,
+        timestamp_ms: i64,
+    ) -> Result<u64, ReadError> {
+        let (mut lo, mut hi) = (queue.offset_min, queue.offset_next);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.message(topic, queue_id, mid)? {
+                Some(m) if m.store_timestamp_ms < timestamp_ms => lo = mid + 1,
+                Some(_) => hi = mid,
+                // Purged under us: everything before is older still.
+                None => lo = mid + 1,
+            }
+        }
+        Ok(lo)
+    }
+
     /// The consumers a broadcasting group has pop state for (keys `group\0consumer\0...`).
     fn pop_consumers(&self, group: &str) -> Result<Vec<String>, ReadError> {
         let mut prefix = group.as_bytes().to_vec();
@@ -309,6 +332,49 @@ impl StateMachineStore {
                     self.pop_queue(p, &pop, *q, &mut out)?;
                 }
                 Ok(CommandResult::Popped(out))
+            }
+            Command::ResetOffsets {
+                group,
+                topic,
+                timestamp_ms,
+            } => {
+                if let Err(r) = limits::validate_name("consumer_group", group) {
+                    return Ok(CommandResult::Rejected(r));
+                }
+                let Some(topic_cfg) = self.topic_as_of(p, topic) else {
+                    return Ok(CommandResult::Rejected(Rejection::UnknownTopic(
+                        topic.clone(),
+                    )));
+                };
+                let group_cfg = self.group_as_of(p, group);
+                let consumers = if group_cfg.broadcast {
+                    self.inner.pop_consumers(group).map_err(read_err)?
+                } else {
+                    vec![String::new()]
+                };
+                let inner = &self.inner;
+                let mut offsets = Vec::with_capacity(topic_cfg.queue_count as usize);
+                for q in 0..topic_cfg.queue_count {
+                    let queue = self.queue_as_of(p, topic, q);
+                    let offset = inner
+                        .offset_for_timestamp(topic, q, queue, *timestamp_ms)
+                        .map_err(read_err)?;
+                    for c in &consumers {
+                        let pk = pop_key(group, c, topic, q);
+                        for (off, _) in inner.inflight(&pk).map_err(read_err)? {
+                            p.batch
+                                .delete_cf(inner.cf(CF_INFLIGHT), inflight_key(&pk, off));
+                        }
+                        p.batch.put_cf(inner.cf(CF_POPS), &pk, offset.to_be_bytes());
+                    }
+                    p.batch.put_cf(
+                        inner.cf(CF_OFFSETS),
+                        consumer_offset_key(group, topic, q),
+                        offset.to_be_bytes(),
+                    );
+                    offsets.push(offset);
+                }
+                Ok(CommandResult::OffsetsReset(offsets))
             }
             Command::Ack {
                 group,
@@ -854,7 +920,7 @@ impl StateReader {
     }
 
     /// The first offset of a queue whose message was stored at or after `timestamp_ms`
-    /// (the queue's next offset if none was). Store timestamps only grow along a queue.
+    /// (the queue's next offset if none was).
     pub fn offset_for_timestamp(
         &self,
         topic: &str,
@@ -862,16 +928,7 @@ impl StateReader {
         timestamp_ms: i64,
     ) -> Result<u64, ReadError> {
         let q = self.queue_state(topic, queue_id);
-        let (mut lo, mut hi) = (q.offset_min, q.offset_next);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.inner.message(topic, queue_id, mid)? {
-                Some(m) if m.store_timestamp_ms < timestamp_ms => lo = mid + 1,
-                Some(_) => hi = mid,
-                // Purged under us: everything before is older still.
-                None => lo = mid + 1,
-            }
-        }
-        Ok(lo)
+        self.inner
+            .offset_for_timestamp(topic, queue_id, q, timestamp_ms)
     }
 }
