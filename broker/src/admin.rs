@@ -393,6 +393,33 @@ impl BrokerAdmin for AdminService {
         Ok(Response::new(pb::GroupProgressResponse { queues }))
     }
 
+    async fn reset_offsets(
+        &self,
+        req: Request<pb::ResetOffsetsRequest>,
+    ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        limits::validate_name("consumer_group", &msg.consumer_group).map_err(rejection_status)?;
+        limits::validate_name("topic", &msg.topic).map_err(rejection_status)?;
+        let cmd = Command::ResetOffsets {
+            group: msg.consumer_group.clone(),
+            topic: msg.topic.clone(),
+            timestamp_ms: msg.timestamp_ms,
+        };
+        match self.propose(cmd, fwd).await? {
+            Ok((CommandResult::OffsetsReset(offsets), _)) => {
+                Ok(Response::new(pb::ResetOffsetsResponse { offsets }))
+            }
+            Ok((other, _)) => Err(unexpected(other)),
+            Err(leader) => {
+                self.proposer
+                    .client(&leader)?
+                    .reset_offsets(forwarded(msg))
+                    .await
+            }
+        }
+    }
+
     async fn snapshot(
         &self,
         req: Request<pb::SnapshotRequest>,

@@ -512,6 +512,80 @@ impl NameserverAdmin for AdminService {
         Ok(Response::new(out))
     }
 
+    async fn reset_consumer_offsets(
+        &self,
+        req: Request<pb::ResetConsumerOffsetsRequest>,
+    ) -> Result<Response<pb::ResetConsumerOffsetsResponse>, Status> {
+        let req = req.into_inner();
+        limits::validate_name("consumer_group", &req.consumer_group)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        limits::validate_name("topic", &req.topic)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let hosts = self.0.topic_groups(&req.topic);
+        if hosts.is_empty() {
+            return Err(Status::not_found(format!(
+                "topic {:?} is not hosted by any live broker group",
+                req.topic
+            )));
+        }
+        let mut out = pb::ResetConsumerOffsetsResponse::default();
+        for g in hosts {
+            let offsets = std::sync::Mutex::new(Vec::new());
+            self.change_groups(std::slice::from_ref(&g), |mut admin| {
+                let (req, offsets) = (&req, &offsets);
+                async move {
+                    let resp = admin
+                        .reset_offsets(apb::ResetOffsetsRequest {
+                            consumer_group: req.consumer_group.clone(),
+                            topic: req.topic.clone(),
+                            timestamp_ms: req.timestamp_ms,
+                        })
+                        .await?;
+                    *offsets.lock().expect("lock poisoned") = resp.into_inner().offsets;
+                    Ok(())
+                }
+            })
+            .await?;
+            out.groups.push(pb::GroupOffsets {
+                broker_group: g.name.clone(),
+                offsets: offsets.into_inner().expect("lock poisoned"),
+            });
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn describe_topic(
+        &self,
+        req: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+        let name = req.into_inner().topic;
+        limits::validate_name("topic", &name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut out = pb::DescribeTopicResponse::default();
+        for g in self.0.groups() {
+            let Some(auth) = g.authority() else { continue };
+            let Some(t) = auth.topics.iter().find(|t| t.name == name) else {
+                continue;
+            };
+            out.groups.push(pb::TopicInGroup {
+                broker_group: g.name.clone(),
+                topic: Some(t.clone()),
+                max_offsets: auth
+                    .offsets
+                    .iter()
+                    .find(|o| o.topic == name)
+                    .map(|o| o.max_offsets.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        if out.groups.is_empty() {
+            return Err(Status::not_found(format!(
+                "topic {name:?} is not hosted by any broker group"
+            )));
+        }
+        Ok(Response::new(out))
+    }
+
     async fn list_topics(
         &self,
         _req: Request<pb::ListTopicsRequest>,

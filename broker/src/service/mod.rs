@@ -42,6 +42,10 @@ use tonic::{Request, Response, Status};
 use self::status::{ClientInfo, not_implemented};
 use crate::proposer::{self, Proposer};
 
+/// Why a request is refused: the status code the client gets and a message naming the
+/// field and the limit.
+pub type Refusal = (pb::Code, String);
+
 /// Largest request the official clients may send: a 4 MiB body plus a batch's framing.
 /// (RocketMQ's proxy accepts up to 130 MiB; clients split larger batches anyway.)
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;

@@ -18,14 +18,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::message::{millis, to_pb};
 use super::receive::{check_group, check_topic, filter_from_pb, queue_id};
 use super::status::{ClientInfo, ok};
-use super::{BoxStream, Outcome, ServiceContext, propose};
+use super::{BoxStream, Outcome, Refusal, ServiceContext, propose};
 
 const BATCH_SIZE_MAX: i32 = 1024;
 /// Messages one pull examines for its filter at most.
 const SCAN_MAX: u64 = 4096;
 const LONG_POLLING_MAX: Duration = Duration::from_secs(30);
-
-type Refusal = (pb::Code, String);
 
 /// The topic and queue a request names; the queue must exist (no "-1" here).
 fn check_queue(

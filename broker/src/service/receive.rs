@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::message::{Delivery, decode_handle, duration_ms, encode_handle, timestamp, to_pb};
 use super::status::{ClientInfo, ok};
-use super::{BoxStream, Outcome, ServiceContext, propose};
+use super::{BoxStream, Outcome, Refusal, ServiceContext, propose};
 use crate::admin::now_ms;
 
 /// Invisible time of push consumers, which ask the server to choose (RocketMQ's proxy: 60 s).
@@ -38,8 +38,6 @@ const LONG_POLLING_MAX: Duration = Duration::from_secs(30);
 const BATCH_SIZE_MAX: i32 = 1024;
 /// Entries in one ack at most.
 const ACK_ENTRIES_MAX: usize = 1024;
-
-type Refusal = (pb::Code, String);
 
 /// A validated receive.
 struct Receive {
@@ -491,7 +489,7 @@ pub async fn ack(
     let decoded: Vec<_> = req
         .entries
         .iter()
-        .map(|e| check_handle(ctx, &e.receipt_handle).ok())
+        .map(|e| check_handle(ctx, &e.receipt_handle))
         .collect();
     let handles: Vec<_> = decoded.iter().flatten().copied().collect();
     let acked = if handles.is_empty() {
@@ -521,17 +519,18 @@ pub async fn ack(
         .iter()
         .zip(&decoded)
         .map(|(e, h)| {
-            let done = h.is_some() && acked.next().unwrap_or(false);
-            let status = if done {
-                ok()
-            } else {
-                client.status(
+            let done = h.is_ok() && acked.next().unwrap_or(false);
+            let status = match h {
+                _ if done => ok(),
+                // Not ours, or of another group: say which.
+                Err((code, why)) => client.status(*code, why.clone()),
+                Ok(_) => client.status(
                     pb::Code::InvalidReceiptHandle,
                     format!(
                         "receipt_handle {:?} of message {:?} is stale or unknown",
                         e.receipt_handle, e.message_id
                     ),
-                )
+                ),
             };
             codes.push(if done {
                 pb::Code::Ok

@@ -14,16 +14,13 @@ use rocketraft_raft_store::{Command, CommandResult, MessageKind, NewMessage, lim
 
 use super::message::millis;
 use super::status::{ClientInfo, ok};
-use super::{Outcome, ServiceContext, propose};
+use super::{Outcome, Refusal, ServiceContext, propose};
 
 /// RocketMQ's limit on a FIFO message group's length.
 const MESSAGE_GROUP_LEN_MAX: usize = 64;
 /// How far ahead a DELAY message may be scheduled (RocketMQ's timer allows 3 days by
 /// default; we allow 40 days, the timer table having no wheel to overflow).
 pub const DELAY_MS_MAX: i64 = 40 * 24 * 3600 * 1000;
-
-/// A refusal: the code and a message naming the field.
-type Refusal = (pb::Code, String);
 
 fn kind_of(sp: &pb::SystemProperties) -> Result<MessageKind, Refusal> {
     let declared =
