@@ -77,6 +77,28 @@ pub struct TopicView {
     pub groups: Vec<String>,
 }
 
+/// A topic in one broker group.
+#[derive(Debug, Serialize)]
+pub struct TopicInGroupView {
+    pub broker_group: String,
+    pub queues: u32,
+    pub permission: String,
+    pub message_types: Vec<String>,
+    /// Next offset of each queue, by queue id, as last reported (about 1 s old).
+    pub max_offsets: Vec<u64>,
+}
+
+fn type_names(types: &[i32]) -> Vec<String> {
+    types
+        .iter()
+        .map(|m| {
+            apb::MessageType::try_from(*m)
+                .map(|m| m.as_str_name().to_ascii_lowercase())
+                .unwrap_or_else(|_| "unknown".into())
+        })
+        .collect()
+}
+
 /// A consumer group's settings and where it is configured.
 #[derive(Debug, Serialize)]
 pub struct ConsumerGroupView {
@@ -257,15 +279,7 @@ impl Admin {
             .filter_map(|t| {
                 let cfg = t.topic?;
                 Some(TopicView {
-                    message_types: cfg
-                        .message_types
-                        .iter()
-                        .map(|m| {
-                            apb::MessageType::try_from(*m)
-                                .map(|m| m.as_str_name().to_ascii_lowercase())
-                                .unwrap_or_else(|_| "unknown".into())
-                        })
-                        .collect(),
+                    message_types: type_names(&cfg.message_types),
                     name: cfg.name,
                     queues: cfg.queue_count,
                     groups: t.groups,
@@ -360,5 +374,57 @@ impl Admin {
             queues,
             errors,
         })
+    }
+
+    /// Moves a consumer group on every queue of `topic` (in every broker group hosting it)
+    /// to the first message stored at or after `timestamp_ms`; returns the new offsets per
+    /// broker group, by queue id.
+    pub async fn reset_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+        timestamp_ms: i64,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u64>>> {
+        let resp = self
+            .client
+            .reset_consumer_offsets(pb::ResetConsumerOffsetsRequest {
+                consumer_group: group.to_string(),
+                topic: topic.to_string(),
+                timestamp_ms,
+            })
+            .await?
+            .into_inner();
+        Ok(resp
+            .groups
+            .into_iter()
+            .map(|g| (g.broker_group, g.offsets))
+            .collect())
+    }
+
+    /// A topic's settings and queue offsets in every broker group hosting it.
+    pub async fn describe_topic(&mut self, name: &str) -> anyhow::Result<Vec<TopicInGroupView>> {
+        let resp = self
+            .client
+            .describe_topic(pb::DescribeTopicRequest {
+                topic: name.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok(resp
+            .groups
+            .into_iter()
+            .filter_map(|g| {
+                let t = g.topic?;
+                Some(TopicInGroupView {
+                    broker_group: g.broker_group,
+                    queues: t.queue_count,
+                    permission: apb::Permission::try_from(t.permission)
+                        .map(|p| p.as_str_name().to_ascii_lowercase())
+                        .unwrap_or_else(|_| "unknown".into()),
+                    message_types: type_names(&t.message_types),
+                    max_offsets: g.max_offsets,
+                })
+            })
+            .collect())
     }
 }

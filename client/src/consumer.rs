@@ -406,8 +406,7 @@ impl PushConsumerBuilder {
         let (stop, stopped) = watch::channel(false);
         let cache = Arc::new(Semaphore::new(self.cache_max));
         let workers = Arc::new(Semaphore::new(self.workers));
-        let (tx, rx) =
-            mpsc::unbounded_channel::<(ReceivedMessage, tokio::sync::OwnedSemaphorePermit)>();
+        let (tx, rx) = mpsc::unbounded_channel::<Cached>();
         let ctx = Arc::new(PushContext {
             core: core.clone(),
             listener,
@@ -561,7 +560,9 @@ impl PushConsumer {
     }
 }
 
-type Cached = (ReceivedMessage, tokio::sync::OwnedSemaphorePermit);
+/// A received message waiting for the listener, its cache permit, and when it arrived (its
+/// invisibility runs from then).
+type Cached = (ReceivedMessage, tokio::sync::OwnedSemaphorePermit, Instant);
 
 /// Receives from every source in its own task (one long poll at a time each), taking a
 /// cache permit per message so receiving pauses while the listener is behind. An orderly
@@ -641,7 +642,7 @@ async fn receive_source(
                             Err(_) => return,
                         },
                     };
-                    if tx.send((m, permit)).is_err() {
+                    if tx.send((m, permit, Instant::now())).is_err() {
                         return;
                     }
                 }
@@ -743,11 +744,41 @@ async fn dispatch(
         .await;
 }
 
+/// Runs the listener on `m` and keeps the message invisible while it runs (auto-renew, as
+/// the official push consumers do): whenever half the invisible duration has passed since
+/// it was last made invisible (`since`), it is extended by a whole one, and `m` takes the
+/// new receipt handle, so a slow listener does not see its message handed to another
+/// consumer meanwhile.
+async fn listen_renewing(
+    ctx: &PushContext,
+    m: &mut ReceivedMessage,
+    since: Instant,
+) -> ConsumeResult {
+    let call = (ctx.listener)(m.clone());
+    tokio::pin!(call);
+    let half = ctx.invisible / 2;
+    let mut renew_at = since + half;
+    loop {
+        tokio::select! {
+            r = &mut call => return r,
+            _ = tokio::time::sleep_until(renew_at) => {
+                match ctx.core.change_invisible(m, ctx.invisible).await {
+                    Ok(handle) => m.receipt_handle = handle,
+                    // Too late (it was handed out again) or unreachable: the listener's
+                    // result still decides what we ask for; the broker refuses a stale ack.
+                    Err(e) => tracing::debug!(message_id = %m.message_id, "renewing invisibility failed: {e}"),
+                }
+                renew_at = Instant::now() + half;
+            }
+        }
+    }
+}
+
 /// One message, independently of the others: ack on success; on failure make it visible
 /// again after the group's backoff for its attempt.
-async fn consume_concurrently(ctx: &PushContext, (m, _permit): Cached) {
+async fn consume_concurrently(ctx: &PushContext, (mut m, _permit, received): Cached) {
     let attempt = m.delivery_attempt;
-    match (ctx.listener)(m.clone()).await {
+    match listen_renewing(ctx, &mut m, received).await {
         ConsumeResult::Success => {
             if let Err(e) = ctx.core.ack(&m).await {
                 tracing::debug!(message_id = %m.message_id, "ack failed (it will come back): {e}");
@@ -764,11 +795,12 @@ async fn consume_concurrently(ctx: &PushContext, (m, _permit): Cached) {
 
 /// One message of an orderly group: retried here, in place, until it succeeds or runs out
 /// of attempts (then it goes to the dead-letter queue), so nothing behind it overtakes it.
-async fn consume_in_order(ctx: &PushContext, (mut m, _permit): Cached) {
+async fn consume_in_order(ctx: &PushContext, (mut m, _permit, received): Cached) {
     let mut attempt = m.delivery_attempt;
+    let mut visible_from = received;
     loop {
         let started = Instant::now();
-        if (ctx.listener)(m.clone()).await == ConsumeResult::Success {
+        if listen_renewing(ctx, &mut m, visible_from).await == ConsumeResult::Success {
             if let Err(e) = ctx.core.ack(&m).await {
                 tracing::debug!(message_id = %m.message_id, "ack failed (it will come back): {e}");
             }
@@ -791,6 +823,9 @@ async fn consume_in_order(ctx: &PushContext, (mut m, _permit): Cached) {
             }
         }
         tracing::debug!(message_id = %m.message_id, attempt, elapsed = ?started.elapsed(), "orderly retry");
+        // Invisible for `wait + invisible` from now: the next call renews relative to the
+        // wait's end.
+        visible_from = Instant::now() + wait;
         tokio::time::sleep(wait).await;
         attempt += 1;
     }

@@ -362,3 +362,66 @@ async fn push_consumer_survives_a_leader_kill_without_losing_messages() -> anyho
     ensure!(d.keys().all(|b| sent.contains(b)), "unexpected messages");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumer_keeps_a_slow_message_invisible_until_its_listener_returns()
+-> anyhow::Result<()> {
+    let cluster = LocalCluster::start("client-renew")?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    cluster.create_topic("Slow", 1).await?;
+    // Each call: (delivery attempt, finished).
+    let calls: Arc<Mutex<Vec<(u32, bool)>>> = Arc::default();
+    let seen = calls.clone();
+    let invisible = Duration::from_secs(2);
+    let consumer = PushConsumer::builder(config(&cluster), "SlowReaders")
+        .subscribe("Slow", Filter::all())
+        .invisible_duration(invisible)
+        .listener(move |m| {
+            let seen = seen.clone();
+            async move {
+                let i = {
+                    let mut c = seen.lock().expect("lock");
+                    c.push((m.delivery_attempt, false));
+                    c.len() - 1
+                };
+                // Two and a half invisible durations: without renewal the message would be
+                // handed out again meanwhile.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                seen.lock().expect("lock")[i].1 = true;
+                ConsumeResult::Success
+            }
+        })
+        .build()
+        .await?;
+    let producer = Producer::builder(config(&cluster))
+        .topics(["Slow"])
+        .build()
+        .await?;
+    producer.send(Message::new("Slow", "slow-0")).await?;
+
+    // Done when the listener finished and the ack (with the renewed handle) left nothing
+    // in flight and nothing to consume.
+    let mut admin = Admin::connect(&cluster.nameserver).await?;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let finished = calls.lock().expect("lock").iter().any(|c| c.1);
+        let d = admin.describe_group("SlowReaders").await?;
+        if finished && d.lag == 0 && d.inflight == 0 && !d.queues.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < until,
+            "calls {:?}, group {d:?}\n{}",
+            calls.lock().expect("lock"),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    consumer.shutdown().await;
+    let calls = calls.lock().expect("lock").clone();
+    ensure!(
+        calls == [(1, true)],
+        "one delivery, consumed once: {calls:?}"
+    );
+    Ok(())
+}

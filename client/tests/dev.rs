@@ -1,7 +1,8 @@
 //! The playground end to end, as a newcomer uses it: `rocketraft dev` starts a cluster, the
 //! command line creates a topic, sends 1000 messages and consumes them, `group describe`
-//! shows no lag, `cluster status --json` parses; SIGTERM stops every process, and starting
-//! again on the same data dir finds everything where it was.
+//! shows no lag, `offset reset` rewinds the group and it consumes all again, `cluster
+//! status --json` parses; SIGTERM stops every process, and starting again on the same data
+//! dir finds everything where it was.
 
 mod common;
 
@@ -136,6 +137,9 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
         .collect::<anyhow::Result<_>>()?;
     assert_eq!(sent_ids.len(), 1000);
 
+    let described = json(&ns, &["topic", "describe", "Tour"])?;
+    assert_eq!(described[0]["queues"], 4, "{described}");
+
     let consumed = cli(
         &ns,
         &[
@@ -158,6 +162,53 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
     })
     .await?;
     assert_eq!(d["queues"].as_array().map(Vec::len), Some(4), "{d}");
+
+    // Rewound to the beginning, the group gets every message again.
+    let reset = json(
+        &ns,
+        &[
+            "offset",
+            "reset",
+            "--group",
+            "TourReaders",
+            "--topic",
+            "Tour",
+            "--to-timestamp",
+            "0",
+        ],
+    )?;
+    assert_eq!(
+        reset["offsets"]["playground"],
+        serde_json::json!([0, 0, 0, 0]),
+        "{reset}"
+    );
+    describe_until(
+        &ns,
+        "TourReaders",
+        "the whole topic to consume again",
+        |d| d["lag"] == 1000,
+    )
+    .await?;
+    let again = cli(
+        &ns,
+        &[
+            "consume",
+            "Tour",
+            "--group",
+            "TourReaders",
+            "--count",
+            "1000",
+        ],
+    )?;
+    let again: std::collections::BTreeSet<String> = again
+        .lines()
+        .map(|l| Ok(serde_json::from_str::<Value>(l)?["message_id"].to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(again, sent_ids, "consumed everything again after the reset");
+    describe_until(&ns, "TourReaders", "no lag after consuming again", |d| {
+        d["lag"] == 0
+    })
+    .await?;
 
     let status = json(&ns, &["cluster", "status"])?;
     assert_eq!(status[0]["available"], true, "{status}");

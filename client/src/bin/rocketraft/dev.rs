@@ -174,6 +174,11 @@ pub async fn run(nameserver: &str, json: bool, a: DevArgs) -> anyhow::Result<()>
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let auto_create = if a.no_auto_create { "0" } else { "8" };
 
+    // Signals are caught from the start, so a Ctrl-C or SIGTERM while the cluster is still
+    // starting stops the children too.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let mut pg = Playground { nodes: Vec::new() };
     let started = start_all(
         &mut pg,
@@ -186,7 +191,11 @@ pub async fn run(nameserver: &str, json: bool, a: DevArgs) -> anyhow::Result<()>
         auto_create,
     );
     let result = match started {
-        Ok(groups) => serve(&mut pg, &a, nameserver, json, &groups).await,
+        Ok(groups) => tokio::select! {
+            r = serve(&mut pg, &a, nameserver, json, &groups) => r,
+            _ = term.recv() => Ok(()),
+            _ = int.recv() => Ok(()),
+        },
         Err(e) => Err(e),
     };
     pg.stop().await;
@@ -266,7 +275,7 @@ fn start_all(
     Ok(groups)
 }
 
-/// Waits for the cluster, creates the topic, prints how to use it, and runs until a signal.
+/// Waits for the cluster, creates the topic, prints how to use it, and watches the nodes.
 async fn serve(
     pg: &mut Playground,
     a: &DevArgs,
@@ -312,7 +321,7 @@ async fn serve(
         println!("  rocketraft group describe Readers");
         println!("Ctrl-C stops everything; starting again reuses the data.");
     }
-    wait_for_stop(pg).await
+    watch_nodes(pg).await
 }
 
 async fn wait_ready(
@@ -366,36 +375,28 @@ async fn create_topic(
     }
 }
 
-async fn wait_for_stop(pg: &mut Playground) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+/// Watches the children until the caller's signal ends the playground.
+async fn watch_nodes(pg: &mut Playground) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = tick.tick() => {
-                // A node that dies is reported once; the others keep serving, as a cluster
-                // would.
-                let mut i = 0;
-                while i < pg.nodes.len() {
-                    if let Some(status) = pg.nodes[i].child.try_wait()? {
-                        let n = pg.nodes.remove(i);
-                        eprintln!(
-                            "{} exited ({status}); the end of {}:\n{}",
-                            n.name,
-                            n.log.display(),
-                            n.log_tail()
-                        );
-                    } else {
-                        i += 1;
-                    }
-                }
-                if pg.nodes.is_empty() {
-                    bail!("every node of the playground exited");
-                }
+        tick.tick().await;
+        // A node that dies is reported once; the others keep serving, as a cluster would.
+        let mut i = 0;
+        while i < pg.nodes.len() {
+            if let Some(status) = pg.nodes[i].child.try_wait()? {
+                let n = pg.nodes.remove(i);
+                eprintln!(
+                    "{} exited ({status}); the end of {}:\n{}",
+                    n.name,
+                    n.log.display(),
+                    n.log_tail()
+                );
+            } else {
+                i += 1;
             }
+        }
+        if pg.nodes.is_empty() {
+            bail!("every node of the playground exited");
         }
     }
 }

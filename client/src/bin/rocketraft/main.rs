@@ -6,6 +6,7 @@
 //!   through the nameserver's `NameserverAdmin`.
 //! - `send`, `consume`: the client library's producer and simple consumer.
 
+mod bench;
 mod dev;
 
 use clap::{Args, Parser, Subcommand};
@@ -59,6 +60,12 @@ enum Command {
     /// Configure, list and describe consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Move consumer groups through a topic.
+    #[command(subcommand)]
+    Offset(OffsetCommand),
+    /// Load a cluster and measure throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Send messages. Example: rocketraft send Orders 'hello {i}' --count 100 --tag new
     Send(SendArgs),
     /// Receive and acknowledge messages as a consumer group.
@@ -115,6 +122,46 @@ struct ConsumeArgs {
 }
 
 #[derive(Subcommand)]
+enum OffsetCommand {
+    /// Move a consumer group, on every queue of a topic, to the first message stored at or
+    /// after a time; messages in flight to the group are dropped and their handles go stale.
+    /// Example: rocketraft offset reset --group Billing --topic Orders --to-timestamp 2026-11-24T10:00:00Z
+    Reset {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// RFC 3339 time (2026-11-24T10:00:00Z), milliseconds since the epoch (0: the oldest
+        /// retained message), or a duration ago (10m, 2h).
+        #[arg(long)]
+        to_timestamp: String,
+    },
+}
+
+/// `--to-timestamp` as milliseconds since the epoch.
+fn parse_timestamp(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let ago = humantime::parse_duration(s).map_err(|_| {
+                anyhow::anyhow!(
+                    "--to-timestamp {s:?}: expected an RFC 3339 time, milliseconds since the epoch, or a duration ago such as 10m"
+                )
+            })?;
+            std::time::SystemTime::now()
+                .checked_sub(ago)
+                .context("--to-timestamp: that duration reaches before the epoch")?
+        }
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64))
+}
+
+#[derive(Subcommand)]
 enum ClusterCommand {
     /// Example: rocketraft cluster status --json
     Status,
@@ -129,7 +176,9 @@ struct Groups {
 
 #[derive(Subcommand)]
 enum TopicCommand {
-    /// Create or update a topic. Example: rocketraft topic create Orders --queues 8 --type fifo
+    /// Create or update a topic (alias: update).
+    /// Example: rocketraft topic create Orders --queues 8 --type fifo
+    #[command(visible_alias = "update")]
     Create {
         name: String,
         #[arg(long, default_value_t = 8)]
@@ -148,6 +197,9 @@ enum TopicCommand {
     },
     /// List topics and the broker groups hosting them.
     List,
+    /// A topic's settings and queue offsets in each broker group.
+    /// Example: rocketraft topic describe Orders
+    Describe { name: String },
 }
 
 #[derive(Subcommand)]
@@ -234,6 +286,30 @@ fn config(nameserver: &str) -> ClientConfig {
     )
 }
 
+/// A progress bar on stderr for long sends and consumes, shown only when stderr is a
+/// terminal and stdout is not (the per-message lines went to a file or a pipe), so bar and
+/// lines never interleave.
+fn progress(total: Option<u64>, what: &'static str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() || std::io::stdout().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let template = if total.is_some() {
+        "{msg} {bar:40} {pos}/{len} ({per_sec}, eta {eta})"
+    } else {
+        "{msg} {spinner} {pos} ({per_sec})"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_message(what);
+    bar
+}
+
 async fn send(nameserver: &str, json: bool, a: SendArgs) -> anyhow::Result<()> {
     let body = match (a.body, a.file) {
         (Some(b), _) => b.into_bytes(),
@@ -253,6 +329,7 @@ async fn send(nameserver: &str, json: bool, a: SendArgs) -> anyhow::Result<()> {
         .build()
         .await?;
     let mut pending = Vec::new();
+    let bar = progress(Some(u64::from(a.count)), "sent");
     for i in 0..a.count {
         let body = match &templated {
             Some(t) => t.replace("{i}", &i.to_string()).into_bytes(),
@@ -277,18 +354,22 @@ async fn send(nameserver: &str, json: bool, a: SendArgs) -> anyhow::Result<()> {
         // FIFO sends go one after another, so their order is the send order.
         if a.message_group.is_some() {
             report(json, producer.send(m).await?)?;
+            bar.inc(1);
             continue;
         }
         pending.push(producer.send_async(m).await?);
         if pending.len() >= 256 {
             for p in pending.drain(..) {
                 report(json, p.await?)?;
+                bar.inc(1);
             }
         }
     }
     for p in pending {
         report(json, p.await?)?;
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     producer.close().await;
     Ok(())
 }
@@ -321,6 +402,7 @@ async fn consume(nameserver: &str, json: bool, a: ConsumeArgs) -> anyhow::Result
         .await?;
     let mut received = 0u64;
     let mut last_message = std::time::Instant::now();
+    let bar = progress(a.count, "received");
     while a.count.is_none_or(|c| received < c) && last_message.elapsed() < idle {
         let want = a.count.map_or(32, |c| (c - received).min(32)) as u32;
         for m in consumer.receive(want, Duration::from_secs(30)).await? {
@@ -348,9 +430,11 @@ async fn consume(nameserver: &str, json: bool, a: ConsumeArgs) -> anyhow::Result
             }
             consumer.ack(&m).await?;
             received += 1;
+            bar.inc(1);
             last_message = std::time::Instant::now();
         }
     }
+    bar.finish_and_clear();
     if !json {
         eprintln!("received {received} messages");
     }
@@ -362,13 +446,34 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(a) => return dev::run(&cli.nameserver, cli.json, a).await,
+        Command::Bench(b) => return bench::run(config(&cli.nameserver), cli.json, b).await,
         Command::Send(a) => return send(&cli.nameserver, cli.json, a).await,
         Command::Consume(a) => return consume(&cli.nameserver, cli.json, a).await,
         _ => {}
     }
     let mut admin = Admin::connect(&cli.nameserver).await?;
     match cli.command {
-        Command::Dev(_) | Command::Send(_) | Command::Consume(_) => {}
+        Command::Dev(_) | Command::Bench(_) | Command::Send(_) | Command::Consume(_) => {}
+        Command::Offset(OffsetCommand::Reset {
+            group,
+            topic,
+            to_timestamp,
+        }) => {
+            let at = parse_timestamp(&to_timestamp)?;
+            let moved = admin.reset_offsets(&group, &topic, at).await?;
+            print(
+                cli.json,
+                &serde_json::json!({"group": group, "topic": topic, "timestamp_ms": at, "offsets": moved}),
+                || {
+                    moved
+                        .iter()
+                        .map(|(g, offsets)| {
+                            format!("{group} on {topic} in {g}: queue offsets {offsets:?}\n")
+                        })
+                        .collect()
+                },
+            )?;
+        }
         Command::Cluster(ClusterCommand::Status) => {
             let groups = admin.cluster_status().await?;
             print(cli.json, &groups, || {
@@ -467,6 +572,31 @@ async fn main() -> anyhow::Result<()> {
                 &serde_json::json!({"group": name, "groups": on}),
                 || format!("consumer group {name} on {}\n", on.join(", ")),
             )?;
+        }
+        Command::Topic(TopicCommand::Describe { name }) => {
+            let groups = admin.describe_topic(&name).await?;
+            print(cli.json, &groups, || {
+                let mut out = format!("topic {name}\n");
+                for g in &groups {
+                    let types = if g.message_types.is_empty() {
+                        "mixed".to_string()
+                    } else {
+                        g.message_types.join("|")
+                    };
+                    out += &format!(
+                        "  broker group {}: {} queues, {}, types {}, {} messages written\n",
+                        g.broker_group,
+                        g.queues,
+                        g.permission,
+                        types,
+                        g.max_offsets.iter().sum::<u64>()
+                    );
+                    for (q, max) in g.max_offsets.iter().enumerate() {
+                        out += &format!("    queue {q}: next offset {max}\n");
+                    }
+                }
+                out
+            })?;
         }
         Command::Group(GroupCommand::List) => {
             let groups = admin.list_groups().await?;
