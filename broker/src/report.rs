@@ -72,6 +72,17 @@ impl Reporter {
                 incarnation,
                 counter,
             }),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, l)| (*id, l.map_or(0, |l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 

@@ -58,6 +58,11 @@ pub struct NodeView {
     pub role: String,
     pub term: u64,
     pub down: bool,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// Entries the leader has that this node is not known to hold (as of the leader's last
+    /// report); `None` without a live leader.
+    pub lag: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -198,6 +203,9 @@ impl Admin {
                             .unwrap_or_else(|_| "unknown".into()),
                         term: n.term,
                         down: n.down,
+                        last_log_index: n.last_log_index,
+                        applied_index: n.applied_index,
+                        lag: n.replication_lag,
                     })
                     .collect(),
                 name: g.name,

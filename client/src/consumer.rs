@@ -175,26 +175,41 @@ impl Core {
 
     /// Acks at the node that delivered, then at the group's other nodes if it is gone.
     async fn ack(&self, m: &ReceivedMessage) -> Result<()> {
+        self.ack_same_source(&[m]).await
+    }
+
+    /// Acks messages of one topic delivered by one broker group in one request (one Raft
+    /// entry at the group); fails if any entry was refused.
+    async fn ack_same_source(&self, ms: &[&ReceivedMessage]) -> Result<()> {
+        let Some(first) = ms.first() else {
+            return Ok(());
+        };
         let req = pb::AckMessageRequest {
             group: Some(resource(&self.group)),
-            topic: Some(resource(&m.topic)),
-            entries: vec![pb::AckMessageEntry {
-                message_id: m.message_id.clone(),
-                receipt_handle: m.receipt_handle.clone(),
-                lite_topic: None,
-            }],
+            topic: Some(resource(&first.topic)),
+            entries: ms
+                .iter()
+                .map(|m| pb::AckMessageEntry {
+                    message_id: m.message_id.clone(),
+                    receipt_handle: m.receipt_handle.clone(),
+                    lite_topic: None,
+                })
+                .collect(),
         };
         let r = self
             .conns
-            .first_answer(&self.addrs_for(m).await, "ack", |mut c| {
+            .first_answer(&self.addrs_for(first).await, "ack", |mut c| {
                 let r = self.conns.request(req.clone());
                 async move { c.ack_message(r).await }
             })
             .await?;
-        match r.entries.first() {
-            Some(e) => Error::check("ack", e.status.as_ref()),
-            None => Error::check("ack", r.status.as_ref()),
+        if r.entries.is_empty() {
+            return Error::check("ack", r.status.as_ref());
         }
+        for e in &r.entries {
+            Error::check(&format!("ack of {}", e.message_id), e.status.as_ref())?;
+        }
+        Ok(())
     }
 
     /// Changes the message's invisible duration; returns the new receipt handle.
@@ -325,6 +340,23 @@ impl SimpleConsumer {
 
     pub async fn ack(&self, message: &ReceivedMessage) -> Result<()> {
         self.core.ack(message).await
+    }
+
+    /// Acks many messages with one request per (broker group, topic): each group then
+    /// records them in one Raft entry instead of one per message. Fails with the first
+    /// refusal; the other messages of its request may still have been acked.
+    pub async fn ack_all(&self, messages: &[ReceivedMessage]) -> Result<()> {
+        let mut by_source: HashMap<(&str, &str), Vec<&ReceivedMessage>> = HashMap::new();
+        for m in messages {
+            by_source
+                .entry((m.broker_group.as_str(), m.topic.as_str()))
+                .or_default()
+                .push(m);
+        }
+        for ms in by_source.values() {
+            self.core.ack_same_source(ms).await?;
+        }
+        Ok(())
     }
 
     /// Makes the message visible again after `d` (zero: now); the message's receipt changes,

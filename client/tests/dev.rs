@@ -212,7 +212,15 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
 
     let status = json(&ns, &["cluster", "status"])?;
     assert_eq!(status[0]["available"], true, "{status}");
-    assert_eq!(status[0]["nodes"].as_array().map(Vec::len), Some(3));
+    let nodes = status[0]["nodes"].as_array().context("nodes")?;
+    assert_eq!(nodes.len(), 3);
+    // Every node has applied the tour's entries; lag is known (a leader is live).
+    for n in nodes {
+        ensure!(
+            n["applied_index"].as_u64().is_some_and(|i| i > 0) && n["lag"].is_u64(),
+            "node status: {n}"
+        );
+    }
 
     dev.stop().await?;
     // Every child stopped with it: their ports are free again.

@@ -203,6 +203,14 @@ impl Registry {
         self.groups(now)
             .into_iter()
             .map(|g| {
+                let lag = |node_id: u64| {
+                    let leader = g.leader.as_ref()?;
+                    if leader.node_id == node_id {
+                        return Some(0);
+                    }
+                    let matched = leader.matched.get(&node_id).copied().unwrap_or(0);
+                    Some(leader.last_log_index.saturating_sub(matched))
+                };
                 let mut nodes: Vec<pb::NodeStatus> = g
                     .live
                     .iter()
@@ -215,6 +223,9 @@ impl Registry {
                         term: n.term,
                         down,
                         version: n.version,
+                        last_log_index: n.last_log_index,
+                        applied_index: n.applied_index,
+                        replication_lag: lag(n.node_id),
                     })
                     .collect();
                 nodes.sort_by_key(|n| n.node_id);

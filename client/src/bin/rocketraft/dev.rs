@@ -64,13 +64,23 @@ impl Node {
         let out = std::fs::File::create(&log)
             .with_context(|| format!("creating log file {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            // Should this process die without stopping them, the children die with it.
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // Should this process be killed without stopping them (SIGKILL runs no cleanup),
+        // the kernel sends each child SIGTERM, so no node outlives the playground. The
+        // signal follows the thread that forks: the main thread, which lives as long as
+        // the process.
+        // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
         Ok(Self { name, log, child })

@@ -405,7 +405,8 @@ async fn consume(nameserver: &str, json: bool, a: ConsumeArgs) -> anyhow::Result
     let bar = progress(a.count, "received");
     while a.count.is_none_or(|c| received < c) && last_message.elapsed() < idle {
         let want = a.count.map_or(32, |c| (c - received).min(32)) as u32;
-        for m in consumer.receive(want, Duration::from_secs(30)).await? {
+        let got = consumer.receive(want, Duration::from_secs(30)).await?;
+        for m in &got {
             let body = String::from_utf8_lossy(&m.body);
             if json {
                 println!(
@@ -428,11 +429,12 @@ async fn consume(nameserver: &str, json: bool, a: ConsumeArgs) -> anyhow::Result
                     body
                 );
             }
-            consumer.ack(&m).await?;
             received += 1;
             bar.inc(1);
             last_message = std::time::Instant::now();
         }
+        // Printed, then acknowledged together: one request (one Raft entry) per receive.
+        consumer.ack_all(&got).await?;
     }
     bar.finish_and_clear();
     if !json {
@@ -488,11 +490,14 @@ async fn main() -> anyhow::Result<()> {
                     );
                     for n in &g.nodes {
                         out += &format!(
-                            "  node {} {} {} term {}{}\n",
+                            "  node {} {} {} term {} log {} applied {} lag {}{}\n",
                             n.node_id,
                             n.addr,
                             n.role,
                             n.term,
+                            n.last_log_index,
+                            n.applied_index,
+                            n.lag.map_or("-".to_string(), |l| l.to_string()),
                             if n.down { " DOWN" } else { "" }
                         );
                     }
