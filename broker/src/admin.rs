@@ -19,6 +19,11 @@ pub const ADMIN_MESSAGE_BYTES_MAX: usize = limits::BATCH_BYTES_MAX + 4 * 1024 * 
 pub const READ_COUNT_MAX: u32 = 4096;
 /// Bytes of bodies one ReadMessages call returns at most (at least one message is returned).
 pub const READ_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Messages a lookup reads per queue by default, and at most.
+pub const FIND_SCAN_DEFAULT: u64 = 100_000;
+pub const FIND_SCAN_MAX: u64 = 1_000_000;
+/// Matches a lookup returns at most.
+pub const FIND_MATCHES_MAX: usize = 32;
 
 pub struct AdminService {
     pub node_id: u64,
@@ -418,6 +423,70 @@ impl BrokerAdmin for AdminService {
                     .await
             }
         }
+    }
+
+    async fn find_messages(
+        &self,
+        req: Request<pb::FindMessagesRequest>,
+    ) -> Result<Response<pb::FindMessagesResponse>, Status> {
+        let r = req.into_inner();
+        limits::validate_name("topic", &r.topic).map_err(rejection_status)?;
+        let topic = self
+            .reader
+            .topic(&r.topic)
+            .ok_or_else(|| rejection_status(Rejection::UnknownTopic(r.topic.clone())))?;
+        if r.message_id.is_empty() == r.key.is_empty() {
+            return Err(Status::invalid_argument(
+                "give exactly one of message_id and key",
+            ));
+        }
+        let scan_max = match r.scan_max_per_queue {
+            0 => FIND_SCAN_DEFAULT,
+            n if n > FIND_SCAN_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "scan_max_per_queue is {n}; the limit is {FIND_SCAN_MAX}"
+                )));
+            }
+            n => n,
+        };
+        let matches = move |m: &rocketraft_raft_store::StoredMessage| {
+            if r.key.is_empty() {
+                m.message.message_id == r.message_id
+            } else {
+                m.message.keys.contains(&r.key)
+            }
+        };
+        let (mut found, mut scanned, mut complete) = (Vec::new(), 0u64, true);
+        // Blocking reads of up to a million messages per queue: off the async workers.
+        let reader = self.reader.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            for q in 0..topic.queue_count {
+                let state = reader.queue_state(&topic.name, q);
+                let start = state
+                    .offset_next
+                    .saturating_sub(scan_max)
+                    .max(state.offset_min);
+                complete &= start == state.offset_min;
+                let mut at = start;
+                while at < state.offset_next && found.len() < FIND_MATCHES_MAX {
+                    let chunk = reader.read_messages(&topic.name, q, at, 1024)?;
+                    let Some(last) = chunk.last() else { break };
+                    at = last.offset + 1;
+                    scanned += chunk.len() as u64;
+                    found.extend(chunk.into_iter().filter(|m| matches(m)));
+                }
+            }
+            found.truncate(FIND_MATCHES_MAX);
+            Ok::<_, rocketraft_raft_store::ReadError>((found, scanned, complete))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("lookup task: {e}")))?;
+        let (found, scanned, complete) = result.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::FindMessagesResponse {
+            messages: found.into_iter().map(convert::stored_to_pb).collect(),
+            scanned,
+            complete,
+        }))
     }
 
     async fn snapshot(

@@ -104,6 +104,39 @@ fn type_names(types: &[i32]) -> Vec<String> {
         .collect()
 }
 
+/// A stored message found by `message get`.
+#[derive(Debug, Serialize)]
+pub struct FoundMessage {
+    pub broker_group: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub message_id: String,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// The body as text (invalid UTF-8 replaced).
+    pub body: String,
+    pub born_timestamp_ms: i64,
+    pub store_timestamp_ms: i64,
+}
+
+/// The answer to a lookup: matches, and whether every retained message was looked at.
+#[derive(Debug, Serialize)]
+pub struct Lookup {
+    pub messages: Vec<FoundMessage>,
+    pub scanned: u64,
+    pub complete: bool,
+    /// Broker group -> why it could not be asked.
+    pub errors: std::collections::BTreeMap<String, String>,
+}
+
+/// What `message get` looks for.
+#[derive(Debug, Clone)]
+pub enum LookupBy {
+    Id(String),
+    Key(String),
+}
+
 /// A consumer group's settings and where it is configured.
 #[derive(Debug, Serialize)]
 pub struct ConsumerGroupView {
@@ -434,5 +467,58 @@ impl Admin {
                 })
             })
             .collect())
+    }
+
+    /// Finds messages of `topic` by id or key in every broker group hosting it, reading at
+    /// most `scan_max_per_queue` of the newest messages of each queue (0: 100,000).
+    pub async fn find_messages(
+        &mut self,
+        topic: &str,
+        by: &LookupBy,
+        scan_max_per_queue: u64,
+    ) -> anyhow::Result<Lookup> {
+        let (message_id, key) = match by {
+            LookupBy::Id(id) => (id.clone(), String::new()),
+            LookupBy::Key(k) => (String::new(), k.clone()),
+        };
+        let resp = self
+            .client
+            .find_messages(apb::FindMessagesRequest {
+                topic: topic.to_string(),
+                message_id,
+                key,
+                scan_max_per_queue,
+            })
+            .await?
+            .into_inner();
+        let mut out = Lookup {
+            messages: Vec::new(),
+            scanned: 0,
+            complete: true,
+            errors: Default::default(),
+        };
+        for g in resp.groups {
+            if !g.error.is_empty() {
+                out.errors.insert(g.broker_group.clone(), g.error);
+                out.complete = false;
+            }
+            let Some(found) = g.found else { continue };
+            out.scanned += found.scanned;
+            out.complete &= found.complete;
+            out.messages
+                .extend(found.messages.into_iter().map(|m| FoundMessage {
+                    broker_group: g.broker_group.clone(),
+                    queue_id: m.queue_id,
+                    offset: m.offset,
+                    message_id: m.message_id,
+                    tag: m.tag,
+                    keys: m.keys,
+                    properties: m.properties.into_iter().collect(),
+                    body: String::from_utf8_lossy(&m.body).into_owned(),
+                    born_timestamp_ms: m.born_timestamp_ms,
+                    store_timestamp_ms: m.store_timestamp_ms,
+                }));
+        }
+        Ok(out)
     }
 }

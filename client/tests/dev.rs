@@ -140,6 +140,49 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
     let described = json(&ns, &["topic", "describe", "Tour"])?;
     assert_eq!(described[0]["queues"], 4, "{described}");
 
+    // Looked up by id and by key.
+    let one: Value = serde_json::from_str(sent.lines().nth(500).context("a sent line")?)?;
+    let id = one["message_id"].as_str().context("message_id")?;
+    let found = json(&ns, &["message", "get", "--topic", "Tour", "--id", id])?;
+    assert_eq!(
+        found["messages"].as_array().map(Vec::len),
+        Some(1),
+        "{found}"
+    );
+    assert_eq!(found["messages"][0]["offset"], one["offset"], "{found}");
+    assert_eq!(found["complete"], true);
+    let too_far = Command::new(env!("CARGO_BIN_EXE_rocketraft"))
+        .args([
+            "--nameserver",
+            &ns,
+            "message",
+            "get",
+            "--topic",
+            "Tour",
+            "--id",
+            id,
+        ])
+        .args(["--scan-max", "2000000"])
+        .output()?;
+    let why = String::from_utf8_lossy(&too_far.stderr);
+    ensure!(
+        !too_far.status.success() && why.contains("scan_max_per_queue"),
+        "an oversized scan is refused naming the field: {why}"
+    );
+    cli(&ns, &["send", "TopicTest", "keyed", "--key", "order-42"])?;
+    let by_key = json(
+        &ns,
+        &[
+            "message",
+            "get",
+            "--topic",
+            "TopicTest",
+            "--key",
+            "order-42",
+        ],
+    )?;
+    assert_eq!(by_key["messages"][0]["body"], "keyed", "{by_key}");
+
     let consumed = cli(
         &ns,
         &[

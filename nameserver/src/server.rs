@@ -586,6 +586,44 @@ impl NameserverAdmin for AdminService {
         Ok(Response::new(out))
     }
 
+    async fn find_messages(
+        &self,
+        req: Request<apb::FindMessagesRequest>,
+    ) -> Result<Response<pb::FindMessagesResponse>, Status> {
+        let req = req.into_inner();
+        limits::validate_name("topic", &req.topic)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let hosts = self.0.topic_groups(&req.topic);
+        if hosts.is_empty() {
+            return Err(Status::not_found(format!(
+                "topic {:?} is not hosted by any live broker group",
+                req.topic
+            )));
+        }
+        let mut out = pb::FindMessagesResponse::default();
+        for g in hosts {
+            let mut entry = pb::GroupMessages {
+                broker_group: g.name.clone(),
+                ..Default::default()
+            };
+            for node in &g.live {
+                let mut admin = BrokerAdminClient::new(self.0.channel(&node.addr)?);
+                match admin.find_messages(req.clone()).await {
+                    Ok(resp) => {
+                        entry.found = Some(resp.into_inner());
+                        entry.error.clear();
+                        break;
+                    }
+                    // Bad input is the same on every node: say it at once.
+                    Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(e),
+                    Err(e) => entry.error = format!("node {}: {}", node.addr, e.message()),
+                }
+            }
+            out.groups.push(entry);
+        }
+        Ok(Response::new(out))
+    }
+
     async fn list_topics(
         &self,
         _req: Request<pb::ListTopicsRequest>,

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 use anyhow::Context;
-use rocketraft_client::admin::{Admin, GroupSpec, Retry, TopicSpec};
+use rocketraft_client::admin::{Admin, GroupSpec, LookupBy, Retry, TopicSpec};
 use rocketraft_client::{ClientConfig, Filter, Message, Producer, SimpleConsumer};
 
 #[derive(Parser)]
@@ -63,6 +63,9 @@ enum Command {
     /// Move consumer groups through a topic.
     #[command(subcommand)]
     Offset(OffsetCommand),
+    /// Look messages up.
+    #[command(subcommand)]
+    Message(MessageCommand),
     /// Load a cluster and measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -119,6 +122,23 @@ struct ConsumeArgs {
     /// Stop when nothing arrives for this long.
     #[arg(long, default_value_t = 10_000)]
     idle_timeout_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum MessageCommand {
+    /// Find a topic's messages by id or key (no index yet: the newest --scan-max messages of
+    /// each queue are read). Example: rocketraft message get --topic Orders --key order-42
+    Get {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, required_unless_present = "key", conflicts_with = "key")]
+        id: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// Messages read per queue at most, newest first [default: 100000; limit 1000000].
+        #[arg(long, default_value_t = 0)]
+        scan_max: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -456,6 +476,49 @@ async fn main() -> anyhow::Result<()> {
     let mut admin = Admin::connect(&cli.nameserver).await?;
     match cli.command {
         Command::Dev(_) | Command::Bench(_) | Command::Send(_) | Command::Consume(_) => {}
+        Command::Message(MessageCommand::Get {
+            topic,
+            id,
+            key,
+            scan_max,
+        }) => {
+            let by = match (id, key) {
+                (Some(id), _) => LookupBy::Id(id),
+                (None, Some(key)) => LookupBy::Key(key),
+                (None, None) => anyhow::bail!("give --id or --key"),
+            };
+            let found = admin.find_messages(&topic, &by, scan_max).await?;
+            print(cli.json, &found, || {
+                let mut out = String::new();
+                for m in &found.messages {
+                    out += &format!(
+                        "{} {}/{}@{} tag={} keys={} stored_ms={} {}\n",
+                        m.message_id,
+                        m.broker_group,
+                        m.queue_id,
+                        m.offset,
+                        m.tag.as_deref().unwrap_or("-"),
+                        m.keys.join(","),
+                        m.store_timestamp_ms,
+                        m.body
+                    );
+                }
+                out += &format!(
+                    "{} found; {} messages read{}\n",
+                    found.messages.len(),
+                    found.scanned,
+                    if found.complete {
+                        ""
+                    } else {
+                        " (not the whole topic: raise --scan-max)"
+                    }
+                );
+                for (g, e) in &found.errors {
+                    out += &format!("broker group {g} could not be asked: {e}\n");
+                }
+                out
+            })?;
+        }
         Command::Offset(OffsetCommand::Reset {
             group,
             topic,
