@@ -372,7 +372,8 @@ async fn push_consumer_keeps_a_slow_message_invisible_until_its_listener_returns
     // Each call: (delivery attempt, finished).
     let calls: Arc<Mutex<Vec<(u32, bool)>>> = Arc::default();
     let seen = calls.clone();
-    let invisible = Duration::from_secs(2);
+    // Renewal happens at half of it, which leaves 2 s for a renewal under a loaded CI.
+    let invisible = Duration::from_secs(4);
     let consumer = PushConsumer::builder(config(&cluster), "SlowReaders")
         .subscribe("Slow", Filter::all())
         .invisible_duration(invisible)
@@ -386,7 +387,7 @@ async fn push_consumer_keeps_a_slow_message_invisible_until_its_listener_returns
                 };
                 // Two and a half invisible durations: without renewal the message would be
                 // handed out again meanwhile.
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
                 seen.lock().expect("lock")[i].1 = true;
                 ConsumeResult::Success
             }

@@ -1,6 +1,7 @@
 //! `rocketraft bench produce|consume`: load through the client library, with latency in an
 //! HDR histogram. Closed loop: each producer keeps `--in-flight` sends (or batches) under
-//! way and starts the next as one completes.
+//! way and starts the next as one completes. A progress bar runs on stderr when it is a
+//! terminal; the summary (or its JSON line) goes to stdout.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -214,13 +215,19 @@ async fn produce(config: ClientConfig, a: ProduceArgs) -> anyhow::Result<Report>
                 .await?,
         );
     }
+    let bar = crate::progress(a.count, "sent", false);
     let started = Instant::now();
     let mut lanes = JoinSet::new();
     for p in &producers {
         // `in_flight` lanes per producer, each sending one request after the other.
         for _ in 0..a.in_flight {
-            let (p, shared, topic, body) =
-                (p.clone(), shared.clone(), a.topic.clone(), body.clone());
+            let (p, shared, topic, body, bar) = (
+                p.clone(),
+                shared.clone(),
+                a.topic.clone(),
+                body.clone(),
+                bar.clone(),
+            );
             let batch = a.batch;
             lanes.spawn(async move {
                 loop {
@@ -243,6 +250,7 @@ async fn produce(config: ClientConfig, a: ProduceArgs) -> anyhow::Result<Report>
                     match result {
                         Ok(()) => {
                             s.sent += n as u64;
+                            bar.inc(n as u64);
                             let _ = s.hist.record(us.max(1));
                         }
                         Err(e) => {
@@ -258,6 +266,7 @@ async fn produce(config: ClientConfig, a: ProduceArgs) -> anyhow::Result<Report>
         done.context("a producer lane panicked")?;
     }
     let elapsed = started.elapsed();
+    bar.finish_and_clear();
     for p in &producers {
         p.close().await;
     }
@@ -283,6 +292,7 @@ async fn consume(config: ClientConfig, a: ConsumeArgs) -> anyhow::Result<Report>
     ensure!(a.consumers > 0, "--consumers must be at least 1");
     let idle = Duration::from_secs(a.idle_secs);
     let shared = Arc::new(Mutex::new((0u64, 0u64, 0usize, histogram()?)));
+    let bar = crate::progress(a.count, "received", false);
     let started = Instant::now();
     let last = Arc::new(Mutex::new(Instant::now()));
     let mut tasks = JoinSet::new();
@@ -292,7 +302,13 @@ async fn consume(config: ClientConfig, a: ConsumeArgs) -> anyhow::Result<Report>
             .await_duration(idle.min(Duration::from_secs(5)))
             .build()
             .await?;
-        let (shared, last, count, batch) = (shared.clone(), last.clone(), a.count, a.receive_batch);
+        let (shared, last, count, batch, bar) = (
+            shared.clone(),
+            last.clone(),
+            a.count,
+            a.receive_batch,
+            bar.clone(),
+        );
         tasks.spawn(async move {
             loop {
                 {
@@ -322,6 +338,7 @@ async fn consume(config: ClientConfig, a: ConsumeArgs) -> anyhow::Result<Report>
                     Ok(()) => (got.len() as u64, 0),
                     Err(_) => (0, got.len() as u64),
                 };
+                bar.inc(acked);
                 let mut s = shared.lock().await;
                 s.0 += acked;
                 s.1 += failed;
@@ -335,6 +352,7 @@ async fn consume(config: ClientConfig, a: ConsumeArgs) -> anyhow::Result<Report>
     while let Some(done) = tasks.join_next().await {
         done.context("a consumer panicked")??;
     }
+    bar.finish_and_clear();
     let s = shared.lock().await;
     // The run ends `idle` after the last message arrived; that wait is not consumption.
     let last_at = *last.lock().await;

@@ -306,12 +306,16 @@ fn config(nameserver: &str) -> ClientConfig {
     )
 }
 
-/// A progress bar on stderr for long sends and consumes, shown only when stderr is a
-/// terminal and stdout is not (the per-message lines went to a file or a pipe), so bar and
-/// lines never interleave.
-fn progress(total: Option<u64>, what: &'static str) -> indicatif::ProgressBar {
+/// A progress bar on stderr for long-running commands, shown only when stderr is a
+/// terminal; for commands that print a line per message (`lines_on_stdout`) only when
+/// stdout is not the terminal too, so bar and lines never interleave.
+fn progress(
+    total: Option<u64>,
+    what: &'static str,
+    lines_on_stdout: bool,
+) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() || std::io::stdout().is_terminal() {
+    if !std::io::stderr().is_terminal() || (lines_on_stdout && std::io::stdout().is_terminal()) {
         return indicatif::ProgressBar::hidden();
     }
     let bar = match total {
@@ -349,7 +353,7 @@ async fn send(nameserver: &str, json: bool, a: SendArgs) -> anyhow::Result<()> {
         .build()
         .await?;
     let mut pending = Vec::new();
-    let bar = progress(Some(u64::from(a.count)), "sent");
+    let bar = progress(Some(u64::from(a.count)), "sent", true);
     for i in 0..a.count {
         let body = match &templated {
             Some(t) => t.replace("{i}", &i.to_string()).into_bytes(),
@@ -422,7 +426,7 @@ async fn consume(nameserver: &str, json: bool, a: ConsumeArgs) -> anyhow::Result
         .await?;
     let mut received = 0u64;
     let mut last_message = std::time::Instant::now();
-    let bar = progress(a.count, "received");
+    let bar = progress(a.count, "received", true);
     while a.count.is_none_or(|c| received < c) && last_message.elapsed() < idle {
         let want = a.count.map_or(32, |c| (c - received).min(32)) as u32;
         let got = consumer.receive(want, Duration::from_secs(30)).await?;
