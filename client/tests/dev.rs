@@ -103,6 +103,14 @@ async fn describe_until(
     }
 }
 
+/// The message ids of `send` or `consume` JSON output, one message per line.
+fn message_ids(output: &str) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    output
+        .lines()
+        .map(|l| Ok(serde_json::from_str::<Value>(l)?["message_id"].to_string()))
+        .collect()
+}
+
 fn stored(d: &Value) -> u64 {
     d["queues"].as_array().map_or(0, |q| {
         q.iter().filter_map(|q| q["offset_next"].as_u64()).sum()
@@ -131,10 +139,7 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
 
     json(&ns, &["topic", "create", "Tour", "--queues", "4"])?;
     let sent = cli(&ns, &["send", "Tour", "tour {i}", "--count", "1000"])?;
-    let sent_ids: std::collections::BTreeSet<String> = sent
-        .lines()
-        .map(|l| Ok(serde_json::from_str::<Value>(l)?["message_id"].to_string()))
-        .collect::<anyhow::Result<_>>()?;
+    let sent_ids = message_ids(&sent)?;
     assert_eq!(sent_ids.len(), 1000);
 
     let described = json(&ns, &["topic", "describe", "Tour"])?;
@@ -194,10 +199,7 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
             "1000",
         ],
     )?;
-    let got: std::collections::BTreeSet<String> = consumed
-        .lines()
-        .map(|l| Ok(serde_json::from_str::<Value>(l)?["message_id"].to_string()))
-        .collect::<anyhow::Result<_>>()?;
+    let got = message_ids(&consumed)?;
     assert_eq!(got, sent_ids, "consumed exactly what was sent");
 
     let d = describe_until(&ns, "TourReaders", "no lag after consuming", |d| {
@@ -243,10 +245,7 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
             "1000",
         ],
     )?;
-    let again: std::collections::BTreeSet<String> = again
-        .lines()
-        .map(|l| Ok(serde_json::from_str::<Value>(l)?["message_id"].to_string()))
-        .collect::<anyhow::Result<_>>()?;
+    let again = message_ids(&again)?;
     assert_eq!(again, sent_ids, "consumed everything again after the reset");
     describe_until(&ns, "TourReaders", "no lag after consuming again", |d| {
         d["lag"] == 0

@@ -335,6 +335,40 @@ impl AdminService {
         }
         Ok(done)
     }
+
+    /// The groups hosting `topic` (with a live node), or NOT_FOUND.
+    fn hosting(&self, topic: &str) -> Result<Vec<GroupView>, Status> {
+        let hosts = self.0.topic_groups(topic);
+        if hosts.is_empty() {
+            return Err(Status::not_found(format!(
+                "topic {topic:?} is not hosted by any live broker group"
+            )));
+        }
+        Ok(hosts)
+    }
+
+    /// Reads from a group's live nodes, leader first (it has applied the most), moving to
+    /// the next when one fails. `Ok(Err(why))` when none answered, for the caller to report
+    /// per group; bad input fails the whole request, as every node would refuse it alike.
+    async fn read_group<T, F, Fut>(
+        &self,
+        g: &GroupView,
+        read: F,
+    ) -> Result<Result<T, String>, Status>
+    where
+        F: Fn(BrokerAdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut why = format!("group {} has no live node", g.name);
+        for node in &g.live {
+            match read(BrokerAdminClient::new(self.0.channel(&node.addr)?)).await {
+                Ok(resp) => return Ok(Ok(resp.into_inner())),
+                Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(e),
+                Err(e) => why = format!("node {}: {}", node.addr, e.message()),
+            }
+        }
+        Ok(Err(why))
+    }
 }
 
 #[tonic::async_trait]
@@ -486,28 +520,24 @@ impl NameserverAdmin for AdminService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut out = pb::DescribeConsumerGroupResponse::default();
         for g in self.targets(&[])? {
-            // The leader has applied the most; a failed node is skipped for the next one.
-            let mut entry = pb::BrokerGroupProgress {
-                broker_group: g.name.clone(),
-                ..Default::default()
+            let req = apb::GroupProgressRequest {
+                consumer_group: name.clone(),
             };
-            for node in &g.live {
-                let mut admin = BrokerAdminClient::new(self.0.channel(&node.addr)?);
-                match admin
-                    .group_progress(apb::GroupProgressRequest {
-                        consumer_group: name.clone(),
-                    })
-                    .await
-                {
-                    Ok(resp) => {
-                        entry.queues = resp.into_inner().queues;
-                        entry.error.clear();
-                        break;
-                    }
-                    Err(e) => entry.error = format!("node {}: {}", node.addr, e.message()),
-                }
-            }
-            out.groups.push(entry);
+            let read = self
+                .read_group(&g, |mut admin| {
+                    let req = req.clone();
+                    async move { admin.group_progress(req).await }
+                })
+                .await?;
+            let (queues, error) = match read {
+                Ok(resp) => (resp.queues, String::new()),
+                Err(why) => (vec![], why),
+            };
+            out.groups.push(pb::BrokerGroupProgress {
+                broker_group: g.name.clone(),
+                queues,
+                error,
+            });
         }
         Ok(Response::new(out))
     }
@@ -521,15 +551,8 @@ impl NameserverAdmin for AdminService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         limits::validate_name("topic", &req.topic)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let hosts = self.0.topic_groups(&req.topic);
-        if hosts.is_empty() {
-            return Err(Status::not_found(format!(
-                "topic {:?} is not hosted by any live broker group",
-                req.topic
-            )));
-        }
         let mut out = pb::ResetConsumerOffsetsResponse::default();
-        for g in hosts {
+        for g in self.hosting(&req.topic)? {
             let offsets = std::sync::Mutex::new(Vec::new());
             self.change_groups(std::slice::from_ref(&g), |mut admin| {
                 let (req, offsets) = (&req, &offsets);
@@ -593,33 +616,23 @@ impl NameserverAdmin for AdminService {
         let req = req.into_inner();
         limits::validate_name("topic", &req.topic)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let hosts = self.0.topic_groups(&req.topic);
-        if hosts.is_empty() {
-            return Err(Status::not_found(format!(
-                "topic {:?} is not hosted by any live broker group",
-                req.topic
-            )));
-        }
         let mut out = pb::FindMessagesResponse::default();
-        for g in hosts {
-            let mut entry = pb::GroupMessages {
-                broker_group: g.name.clone(),
-                ..Default::default()
+        for g in self.hosting(&req.topic)? {
+            let read = self
+                .read_group(&g, |mut admin| {
+                    let req = req.clone();
+                    async move { admin.find_messages(req).await }
+                })
+                .await?;
+            let (found, error) = match read {
+                Ok(found) => (Some(found), String::new()),
+                Err(why) => (None, why),
             };
-            for node in &g.live {
-                let mut admin = BrokerAdminClient::new(self.0.channel(&node.addr)?);
-                match admin.find_messages(req.clone()).await {
-                    Ok(resp) => {
-                        entry.found = Some(resp.into_inner());
-                        entry.error.clear();
-                        break;
-                    }
-                    // Bad input is the same on every node: say it at once.
-                    Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(e),
-                    Err(e) => entry.error = format!("node {}: {}", node.addr, e.message()),
-                }
-            }
-            out.groups.push(entry);
+            out.groups.push(pb::GroupMessages {
+                broker_group: g.name.clone(),
+                found,
+                error,
+            });
         }
         Ok(Response::new(out))
     }
