@@ -19,11 +19,9 @@ pub const ADMIN_MESSAGE_BYTES_MAX: usize = limits::BATCH_BYTES_MAX + 4 * 1024 * 
 pub const READ_COUNT_MAX: u32 = 4096;
 /// Bytes of bodies one ReadMessages call returns at most (at least one message is returned).
 pub const READ_BYTES_MAX: usize = 32 * 1024 * 1024;
-/// Messages a lookup reads per queue by default, and at most.
-pub const FIND_SCAN_DEFAULT: u64 = 100_000;
-pub const FIND_SCAN_MAX: u64 = 1_000_000;
-/// Matches a lookup returns at most.
-pub const FIND_MATCHES_MAX: usize = 32;
+/// Matches a lookup returns by default, and at most.
+pub const FIND_MATCHES_DEFAULT: usize = 32;
+pub const FIND_MATCHES_MAX: usize = 1000;
 
 pub struct AdminService {
     pub node_id: u64,
@@ -31,6 +29,10 @@ pub struct AdminService {
     pub raft: Raft,
     pub reader: StateReader,
     pub proposer: Proposer,
+    /// The followers' leader lease (openraft: the election timeout max).
+    pub election_lease: Duration,
+    /// Bumped by every hold on elections, so only the latest one lifts it.
+    pub hold_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn rejection_status(r: Rejection) -> Status {
@@ -54,6 +56,12 @@ fn unexpected(result: CommandResult) -> Status {
 
 fn is_forwarded<T>(req: &Request<T>) -> bool {
     proposer::is_forwarded(req.metadata())
+}
+
+fn already_forwarded(node_id: u64, leader: &str) -> Status {
+    Status::unavailable(format!(
+        "node {node_id} is not the leader (leader at {leader}) and the request was already forwarded once"
+    ))
 }
 
 fn forwarded<T>(msg: T) -> Request<T> {
@@ -271,6 +279,7 @@ impl BrokerAdmin for AdminService {
                     first_offset,
                     count,
                     store_timestamp_ms,
+                    offsets,
                 },
                 log_index,
             )) => Ok(Response::new(pb::AppendResponse {
@@ -278,6 +287,8 @@ impl BrokerAdmin for AdminService {
                 count,
                 store_timestamp_ms,
                 log_index,
+                queue_ids: offsets.iter().map(|(q, _)| *q).collect(),
+                offsets: offsets.iter().map(|(_, o)| *o).collect(),
             })),
             Ok((other, _)) => Err(unexpected(other)),
             Err(leader) => self.proposer.client(&leader)?.append(forwarded(msg)).await,
@@ -435,58 +446,147 @@ impl BrokerAdmin for AdminService {
             .reader
             .topic(&r.topic)
             .ok_or_else(|| rejection_status(Rejection::UnknownTopic(r.topic.clone())))?;
-        if r.message_id.is_empty() == r.key.is_empty() {
-            return Err(Status::invalid_argument(
-                "give exactly one of message_id and key",
-            ));
-        }
-        let scan_max = match r.scan_max_per_queue {
-            0 => FIND_SCAN_DEFAULT,
-            n if n > FIND_SCAN_MAX => {
+        let max = match r.max {
+            0 => FIND_MATCHES_DEFAULT,
+            n if n as usize > FIND_MATCHES_MAX => {
                 return Err(Status::invalid_argument(format!(
-                    "scan_max_per_queue is {n}; the limit is {FIND_SCAN_MAX}"
+                    "max is {n}; the limit is {FIND_MATCHES_MAX}"
                 )));
             }
-            n => n,
+            n => n as usize,
         };
-        let matches = move |m: &rocketraft_raft_store::StoredMessage| {
-            if r.key.is_empty() {
-                m.message.message_id == r.message_id
-            } else {
-                m.message.keys.contains(&r.key)
+        let by_time = match (r.start_ms, r.end_ms) {
+            (None, None) => None,
+            (Some(s), Some(e)) if s <= e => Some((s, e)),
+            (Some(s), Some(e)) => {
+                return Err(Status::invalid_argument(format!(
+                    "start_ms ({s}) must not be after end_ms ({e})"
+                )));
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give both start_ms and end_ms for a time range",
+                ));
             }
         };
-        let (mut found, mut scanned, mut complete) = (Vec::new(), 0u64, true);
-        // Blocking reads of up to a million messages per queue: off the async workers.
+        let ways = usize::from(!r.message_id.is_empty())
+            + usize::from(!r.key.is_empty())
+            + usize::from(by_time.is_some());
+        if ways != 1 {
+            return Err(Status::invalid_argument(
+                "give exactly one of message_id, key, or start_ms and end_ms",
+            ));
+        }
         let reader = self.reader.clone();
+        // Index reads are RocksDB reads: off the async workers.
         let result = tokio::task::spawn_blocking(move || {
-            for q in 0..topic.queue_count {
-                let state = reader.queue_state(&topic.name, q);
-                let start = state
-                    .offset_next
-                    .saturating_sub(scan_max)
-                    .max(state.offset_min);
-                complete &= start == state.offset_min;
-                let mut at = start;
-                while at < state.offset_next && found.len() < FIND_MATCHES_MAX {
-                    let chunk = reader.read_messages(&topic.name, q, at, 1024)?;
-                    let Some(last) = chunk.last() else { break };
-                    at = last.offset + 1;
-                    scanned += chunk.len() as u64;
-                    found.extend(chunk.into_iter().filter(|m| matches(m)));
-                }
+            // One more than asked tells whether the answer is complete.
+            if !r.message_id.is_empty() {
+                Ok(reader
+                    .message_by_id(&topic.name, &r.message_id)?
+                    .into_iter()
+                    .collect::<Vec<_>>())
+            } else if !r.key.is_empty() {
+                reader.messages_by_key(&topic.name, &r.key, max + 1)
+            } else {
+                let (start, end) = by_time.unwrap_or_default();
+                reader.messages_by_time(&topic.name, start, end, max + 1)
             }
-            found.truncate(FIND_MATCHES_MAX);
-            Ok::<_, rocketraft_raft_store::ReadError>((found, scanned, complete))
         })
         .await
         .map_err(|e| Status::internal(format!("lookup task: {e}")))?;
-        let (found, scanned, complete) = result.map_err(|e| Status::internal(e.to_string()))?;
+        let mut found = result.map_err(|e| Status::internal(e.to_string()))?;
+        let scanned = found.len() as u64;
+        let complete = found.len() <= max;
+        found.truncate(max);
         Ok(Response::new(pb::FindMessagesResponse {
             messages: found.into_iter().map(convert::stored_to_pb).collect(),
             scanned,
             complete,
         }))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        match crate::membership::leader_elsewhere(&self.raft)? {
+            None => Ok(Response::new(self.add_member_here(msg).await?)),
+            Some(addr) if !fwd => {
+                self.proposer
+                    .client(&addr)?
+                    .add_member(forwarded(msg))
+                    .await
+            }
+            Some(addr) => Err(already_forwarded(self.node_id, &addr)),
+        }
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        let addr = match crate::membership::leader_elsewhere(&self.raft)? {
+            None => match self.remove_member_here(msg).await? {
+                Ok(resp) => return Ok(Response::new(resp)),
+                // This node led and handed leadership over; the new leader removes it.
+                Err(new_leader) => new_leader,
+            },
+            Some(addr) if fwd => return Err(already_forwarded(self.node_id, &addr)),
+            Some(addr) => addr,
+        };
+        self.proposer
+            .client(&addr)?
+            .remove_member(forwarded(msg))
+            .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let msg = req.into_inner();
+        match crate::membership::leader_elsewhere(&self.raft)? {
+            None => {
+                let (leader_id, term) = self.transfer_leader_here(msg.node_id).await?;
+                Ok(Response::new(pb::TransferLeaderResponse {
+                    leader_id,
+                    term,
+                }))
+            }
+            Some(addr) if !fwd => {
+                self.proposer
+                    .client(&addr)?
+                    .transfer_leader(forwarded(msg))
+                    .await
+            }
+            Some(addr) => Err(already_forwarded(self.node_id, &addr)),
+        }
+    }
+
+    async fn hold_elections(
+        &self,
+        req: Request<pb::HoldElectionsRequest>,
+    ) -> Result<Response<pb::HoldElectionsResponse>, Status> {
+        self.hold_elections_here(Duration::from_millis(req.into_inner().duration_ms));
+        Ok(Response::new(pb::HoldElectionsResponse {}))
+    }
+
+    async fn campaign(
+        &self,
+        _req: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::CampaignResponse>, Status> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(format!("raft node stopped: {e}")))?;
+        Ok(Response::new(pb::CampaignResponse {}))
     }
 
     async fn snapshot(

@@ -55,6 +55,17 @@ pub struct BrokerConfig {
     /// default) refuses unknown topics, as production setups should.
     #[serde(default)]
     pub auto_create_topic_queues: u32,
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); none if unset.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+    /// How often the leader looks for messages past their topic's retention.
+    #[serde(default = "defaults::retention_check_interval_ms")]
+    pub retention_check_interval_ms: u64,
+    /// This node joins a running group: it never initializes a membership of its own and
+    /// waits for the group's leader to add it (`rocketraft broker add`). `members` may then
+    /// be empty.
+    #[serde(default)]
+    pub join: bool,
 }
 
 mod defaults {
@@ -87,6 +98,9 @@ mod defaults {
     }
     pub fn nameserver_report_interval_ms() -> u64 {
         1_000
+    }
+    pub fn retention_check_interval_ms() -> u64 {
+        10_000
     }
 }
 
@@ -138,6 +152,14 @@ pub struct BrokerArgs {
     /// Create unknown topics on first use with this many queues (0: off, the default).
     #[arg(long, env = "ROCKETRAFT_AUTO_CREATE_TOPIC_QUEUES")]
     pub auto_create_topic_queues: Option<u32>,
+    /// HTTP endpoint for /metrics, /healthz and /readyz (host:port; off if unset).
+    #[arg(long, env = "ROCKETRAFT_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    #[arg(long, env = "ROCKETRAFT_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<u64>,
+    /// Join a running group instead of initializing one: wait to be added by its leader.
+    #[arg(long, env = "ROCKETRAFT_JOIN")]
+    pub join: bool,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ROCKETRAFT_LOG_JSON")]
     pub log_json: bool,
@@ -181,6 +203,9 @@ struct FileConfig {
     nameserver_report_interval_ms: Option<u64>,
     auto_create_topic_queues: Option<u32>,
     log_keep_before_snapshot: Option<u64>,
+    http_listen: Option<SocketAddr>,
+    join: Option<bool>,
+    retention_check_interval_ms: Option<u64>,
 }
 
 impl BrokerArgs {
@@ -232,7 +257,12 @@ impl BrokerArgs {
                 .clone()
                 .or(file.data_dir)
                 .context("data_dir is required (--data-dir)")?,
-            members: members.context("members is required (--members id=host:port,...)")?,
+            members: match members {
+                Some(m) => m,
+                // A joining node learns the membership from the leader.
+                None if self.join || file.join == Some(true) => BTreeMap::new(),
+                None => anyhow::bail!("members is required (--members id=host:port,...)"),
+            },
             heartbeat_interval_ms: self
                 .heartbeat_interval_ms
                 .or(file.heartbeat_interval_ms)
@@ -282,6 +312,12 @@ impl BrokerArgs {
                 .auto_create_topic_queues
                 .or(file.auto_create_topic_queues)
                 .unwrap_or(0),
+            http_listen: self.http_listen.or(file.http_listen),
+            retention_check_interval_ms: self
+                .retention_check_interval_ms
+                .or(file.retention_check_interval_ms)
+                .unwrap_or_else(defaults::retention_check_interval_ms),
+            join: self.join || file.join.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -297,7 +333,7 @@ impl BrokerConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         rocketraft_raft_store::limits::validate_name("group", &self.group)?;
-        if !self.members.contains_key(&self.node_id) {
+        if !self.join && !self.members.contains_key(&self.node_id) {
             bail!(
                 "members must include this node (node_id {}); got ids {:?}",
                 self.node_id,
@@ -319,6 +355,9 @@ impl BrokerConfig {
                 self.election_timeout_min_ms,
                 self.election_timeout_max_ms
             );
+        }
+        if self.retention_check_interval_ms == 0 {
+            bail!("retention_check_interval_ms must be at least 1");
         }
         if self.snapshot_logs_since_last == 0 {
             bail!("snapshot_logs_since_last must be at least 1");

@@ -49,11 +49,20 @@ pub fn topic_from_pb(t: pb::TopicConfig) -> Result<TopicConfig, tonic::Status> {
         }
     }
     kinds.sort();
+    let retention_ms = t
+        .retention_ms
+        .unwrap_or(rocketraft_raft_store::DEFAULT_RETENTION_MS);
     Ok(TopicConfig {
         name: t.name,
         queue_count: t.queue_count,
         permission,
         message_kinds: kinds,
+        retention_ms,
+        retention_bytes: t.retention_bytes.unwrap_or(0),
+        // The default window never outlives the messages it remembers.
+        dedup_window_ms: t
+            .dedup_window_ms
+            .unwrap_or(rocketraft_raft_store::DEFAULT_DEDUP_WINDOW_MS.min(retention_ms)),
     })
 }
 
@@ -71,6 +80,9 @@ pub fn topic_to_pb(t: &TopicConfig) -> pb::TopicConfig {
             .iter()
             .map(|k| message_kind_to_pb(*k) as i32)
             .collect(),
+        retention_ms: Some(t.retention_ms),
+        retention_bytes: Some(t.retention_bytes),
+        dedup_window_ms: Some(t.dedup_window_ms),
     }
 }
 

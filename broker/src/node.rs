@@ -17,8 +17,12 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{ADMIN_MESSAGE_BYTES_MAX, AdminService};
 use crate::config::BrokerConfig;
+use crate::metrics::BrokerMetrics;
+use crate::ops::RpcTimingLayer;
 use crate::proposer::Proposer;
-use crate::service::{MessagingServiceImpl, ServiceContext, TransactionChecks, delay, transaction};
+use crate::service::{
+    MessagingServiceImpl, ServiceContext, TransactionChecks, delay, retention, transaction,
+};
 
 /// How long a write waits for a leader during an election before it fails.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -29,6 +33,8 @@ pub struct BrokerNode {
     pub raft: Raft,
     pub reader: StateReader,
     pub local_addr: std::net::SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if configured.
+    pub http_addr: Option<std::net::SocketAddr>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     stop_server: tokio::sync::oneshot::Sender<()>,
     stop_background: tokio::sync::watch::Sender<bool>,
@@ -74,13 +80,17 @@ impl BrokerNode {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let http_listener = crate::ops::bind_http(config.http_listen).await?;
+        let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        // One proposer for every service, so its in-flight bound covers all proposals.
+        let proposer = Proposer::new(raft.clone(), LEADER_WAIT);
         let mut ctx = ServiceContext::new(
             config.node_id,
             config.group.clone(),
             config.advertised_addr(),
             raft.clone(),
             reader.clone(),
-            Proposer::new(raft.clone(), LEADER_WAIT),
+            proposer.clone(),
             TransactionChecks {
                 first: Duration::from_millis(config.transaction_check_first_ms),
                 interval: Duration::from_millis(config.transaction_check_interval_ms),
@@ -94,6 +104,11 @@ impl BrokerNode {
         let (stop_background, background) = tokio::sync::watch::channel(false);
         tokio::spawn(delay::run_timers(ctx.clone(), background.clone()));
         tokio::spawn(transaction::run_checks(ctx.clone(), background.clone()));
+        tokio::spawn(retention::run(
+            ctx.clone(),
+            Duration::from_millis(config.retention_check_interval_ms),
+            background.clone(),
+        ));
         let reporter = crate::report::Reporter {
             group: config.group.clone(),
             node_id: config.node_id,
@@ -103,18 +118,34 @@ impl BrokerNode {
             nameservers: config.nameservers.clone(),
             interval: Duration::from_millis(config.nameserver_report_interval_ms),
         };
-        tokio::spawn(reporter.run(background));
+        tokio::spawn(reporter.run(background.clone()));
         let messaging = MessagingServiceImpl::new(ctx);
         let admin = AdminService {
             node_id: config.node_id,
             group: config.group.clone(),
             raft: raft.clone(),
             reader: reader.clone(),
-            proposer: Proposer::new(raft.clone(), LEADER_WAIT),
+            proposer: proposer.clone(),
+            election_lease: Duration::from_millis(config.election_timeout_max_ms),
+            hold_generation: Arc::default(),
         };
+        let metrics = Arc::new(
+            BrokerMetrics::new(
+                raft.clone(),
+                reader.clone(),
+                proposer,
+                config.data_dir.clone(),
+            )
+            .context("registering metrics")?,
+        );
+        tokio::spawn(metrics.clone().watch_raft(stop_background.subscribe()));
+        if let Some(l) = http_listener {
+            crate::ops::spawn_http(l, metrics.clone(), stop_background.subscribe());
+        }
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(RpcTimingLayer::new(metrics.rpc.clone()))
             .add_service(RaftTransportService::new(raft.clone()).into_server())
             .add_service(messaging.into_server())
             .add_service(
@@ -132,7 +163,12 @@ impl BrokerNode {
 
         // Every node initializes with the same membership; openraft accepts that, and
         // refuses (harmlessly) on a node whose log already holds a membership.
-        if !raft.is_initialized().await? {
+        if config.join {
+            tracing::info!(
+                node_id = config.node_id,
+                "joining: waiting for the group's leader to add this node"
+            );
+        } else if !raft.is_initialized().await? {
             let members: BTreeMap<u64, BasicNode> = config
                 .members
                 .iter()
@@ -153,6 +189,7 @@ impl BrokerNode {
             raft,
             reader,
             local_addr,
+            http_addr,
             server,
             stop_server,
             stop_background,

@@ -63,6 +63,9 @@ pub struct Proposer {
     raft: Raft,
     slots: Arc<Semaphore>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Proposals hold it shared; a leadership transfer holds it exclusively so that no new
+    /// entry refreshes the followers' leader leases while it waits for them to lapse.
+    gate: Arc<tokio::sync::RwLock<()>>,
     /// How long a proposal waits for a leader to be elected before giving up.
     leader_wait: Duration,
 }
@@ -73,6 +76,7 @@ impl Proposer {
             raft,
             slots: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
             channels: Arc::default(),
+            gate: Arc::default(),
             leader_wait,
         }
     }
@@ -86,7 +90,11 @@ impl Proposer {
             .map_err(|_| tonic::Status::unavailable("broker is shutting down"))?;
         let deadline = Instant::now() + self.leader_wait;
         loop {
-            match self.raft.client_write(cmd.clone()).await {
+            let written = {
+                let _open = self.gate.read().await;
+                self.raft.client_write(cmd.clone()).await
+            };
+            match written {
                 Ok(resp) => {
                     return Ok(Proposed::Applied {
                         result: resp.data,
@@ -121,6 +129,16 @@ impl Proposer {
                 }
             }
         }
+    }
+
+    /// Holds new proposals back (those under way finish first) until the guard is dropped.
+    pub async fn pause(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate.clone().write_owned().await
+    }
+
+    /// Proposals waiting for a slot or for commit.
+    pub fn in_flight(&self) -> usize {
+        PROPOSALS_IN_FLIGHT_MAX.saturating_sub(self.slots.available_permits())
     }
 
     pub fn leader_wait(&self) -> Duration {

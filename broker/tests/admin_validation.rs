@@ -15,6 +15,7 @@ fn topic(name: &str, queue_count: u32) -> pb::PutTopicRequest {
             queue_count,
             permission: pb::Permission::ReadWrite as i32,
             message_types: vec![],
+            ..Default::default()
         }),
     }
 }

@@ -15,7 +15,7 @@ pub struct Admin {
 }
 
 /// A topic's settings, as the command line takes them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TopicSpec {
     pub name: String,
     pub queues: u32,
@@ -23,6 +23,12 @@ pub struct TopicSpec {
     pub message_types: Vec<String>,
     /// Broker groups to host it; empty means every available group.
     pub groups: Vec<String>,
+    /// How long messages are kept; `None`: the broker's default (72 h).
+    pub retention: Option<std::time::Duration>,
+    /// Body bytes kept per topic; `None`: no size limit.
+    pub retention_bytes: Option<u64>,
+    /// Window within which a resent message id is not stored again; `None`: 2 minutes.
+    pub dedup_window: Option<std::time::Duration>,
 }
 
 /// A consumer group's settings, as the command line takes them.
@@ -135,6 +141,11 @@ pub struct Lookup {
 pub enum LookupBy {
     Id(String),
     Key(String),
+    /// Stored in `[start_ms, end_ms)`.
+    Time {
+        start_ms: i64,
+        end_ms: i64,
+    },
 }
 
 /// A consumer group's settings and where it is configured.
@@ -284,6 +295,9 @@ impl Admin {
                     queue_count: spec.queues,
                     permission: apb::Permission::ReadWrite as i32,
                     message_types,
+                    retention_ms: spec.retention.map(|d| d.as_millis() as u64),
+                    retention_bytes: spec.retention_bytes,
+                    dedup_window_ms: spec.dedup_window.map(|d| d.as_millis() as u64),
                 }),
                 groups: spec.groups.clone(),
             })
@@ -475,22 +489,22 @@ impl Admin {
         &mut self,
         topic: &str,
         by: &LookupBy,
-        scan_max_per_queue: u64,
+        max: u32,
     ) -> anyhow::Result<Lookup> {
-        let (message_id, key) = match by {
-            LookupBy::Id(id) => (id.clone(), String::new()),
-            LookupBy::Key(k) => (String::new(), k.clone()),
+        let mut req = apb::FindMessagesRequest {
+            topic: topic.to_string(),
+            max,
+            ..Default::default()
         };
-        let resp = self
-            .client
-            .find_messages(apb::FindMessagesRequest {
-                topic: topic.to_string(),
-                message_id,
-                key,
-                scan_max_per_queue,
-            })
-            .await?
-            .into_inner();
+        match by {
+            LookupBy::Id(id) => req.message_id = id.clone(),
+            LookupBy::Key(k) => req.key = k.clone(),
+            LookupBy::Time { start_ms, end_ms } => {
+                req.start_ms = Some(*start_ms);
+                req.end_ms = Some(*end_ms);
+            }
+        }
+        let resp = self.client.find_messages(req).await?.into_inner();
         let mut out = Lookup {
             messages: Vec::new(),
             scanned: 0,

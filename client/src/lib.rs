@@ -4,7 +4,8 @@
 //! - [`SimpleConsumer`], [`PushConsumer`] (`consumer.rs`) and [`PullConsumer`] (`pull.rs`);
 //! - `route.rs`: routes from the nameservers (`GetRoutes`), refreshed periodically and after
 //!   failures; `conn.rs`: channels and the headers every call carries;
-//! - [`admin`]: the operator's view through a nameserver, used by the `rocketraft` CLI.
+//! - [`admin`]: the operator's view through a nameserver, used by the `rocketraft` CLI;
+//! - [`membership`]: a broker group's members and leader, through its nodes.
 //!
 //! Data-plane calls use the official `apache.rocketmq.v2` API, so producers and consumers
 //! also work against any broker that speaks it once routes are known. Examples are in
@@ -14,6 +15,7 @@ pub mod admin;
 mod conn;
 pub mod consumer;
 pub mod error;
+pub mod membership;
 pub mod message;
 pub mod producer;
 pub mod pull;

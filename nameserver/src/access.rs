@@ -116,6 +116,7 @@ impl AccessPoint {
             queue_count: self.state.auto_create_topic_queues,
             permission: apb::Permission::ReadWrite as i32,
             message_types: vec![],
+            ..Default::default()
         };
         let mut queues = Vec::new();
         for g in self

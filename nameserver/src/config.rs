@@ -23,6 +23,8 @@ pub struct NameserverConfig {
     /// Queues per group of a topic created on a client's first route query; 0 (the default)
     /// answers TOPIC_NOT_FOUND instead.
     pub auto_create_topic_queues: u32,
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); none if unset.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl NameserverConfig {
@@ -43,6 +45,7 @@ struct FileConfig {
     gossip_fanout: Option<usize>,
     expiry_ms: Option<u64>,
     auto_create_topic_queues: Option<u32>,
+    http_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Parser, Default)]
@@ -75,6 +78,9 @@ pub struct NameserverArgs {
     /// per group [default: 0, off].
     #[arg(long, env = "ROCKETRAFT_NS_AUTO_CREATE_TOPIC_QUEUES")]
     pub auto_create_topic_queues: Option<u32>,
+    /// HTTP endpoint for /metrics, /healthz and /readyz (host:port; off if unset).
+    #[arg(long, env = "ROCKETRAFT_NS_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "ROCKETRAFT_NS_LOG_JSON")]
     pub log_json: bool,
@@ -115,6 +121,7 @@ impl NameserverArgs {
                 .auto_create_topic_queues
                 .or(file.auto_create_topic_queues)
                 .unwrap_or(0),
+            http_listen: self.http_listen.or(file.http_listen),
         };
         if config.gossip_interval_ms == 0 || config.gossip_fanout == 0 {
             bail!("gossip_interval_ms and gossip_fanout must be at least 1");

@@ -37,6 +37,7 @@ pub struct State {
     /// Peers gossip is cut off from (fault injection).
     blocked: Mutex<HashSet<String>>,
     channels: Mutex<HashMap<String, Channel>>,
+    pub gossip: crate::metrics::GossipStats,
 }
 
 impl State {
@@ -54,6 +55,7 @@ impl State {
             registry: Mutex::new(Registry::new(Duration::from_millis(config.expiry_ms))),
             blocked: Mutex::new(HashSet::new()),
             channels: Mutex::new(HashMap::new()),
+            gossip: crate::metrics::GossipStats::new(),
         }
     }
 
@@ -165,6 +167,7 @@ pub async fn run_gossip(
             .map(|i| state.peers[(next + i) % state.peers.len()].clone())
             .collect();
         next = (next + fanout) % state.peers.len();
+        state.gossip.rounds.inc();
         let exchanges = round.iter().filter(|p| !state.is_blocked(p)).map(|p| {
             let state = state.clone();
             let p = p.clone();
@@ -174,6 +177,7 @@ pub async fn run_gossip(
                     state.gossip_with(&p),
                 )
                 .await;
+                state.gossip.exchanged(matches!(r, Ok(Ok(()))));
                 match r {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::debug!(peer = %p, "gossip failed: {e}"),
@@ -719,6 +723,8 @@ impl NameserverAdmin for AdminService {
 /// A running nameserver.
 pub struct Nameserver {
     pub local_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if configured.
+    pub http_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     stop_server: tokio::sync::oneshot::Sender<()>,
@@ -732,9 +738,19 @@ impl Nameserver {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let http_listener = rocketraft_broker::ops::bind_http(config.http_listen).await?;
+        let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let gossip_interval = Duration::from_millis(config.gossip_interval_ms);
+        let metrics = Arc::new(
+            crate::metrics::NameserverMetrics::new(state.clone(), gossip_interval)
+                .context("registering metrics")?,
+        );
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(rocketraft_broker::ops::RpcTimingLayer::new(
+                metrics.rpc.clone(),
+            ))
             .add_service(RegistryServer::new(RegistryService(state.clone())))
             .add_service(GossipServer::new(GossipService(state.clone())))
             .add_service(NameserverAdminServer::new(AdminService(state.clone())))
@@ -745,15 +761,19 @@ impl Nameserver {
             let _ = stopped.await;
         }));
         let (stop_background, background) = tokio::sync::watch::channel(false);
+        if let Some(l) = http_listener {
+            rocketraft_broker::ops::spawn_http(l, metrics, background.clone());
+        }
         tokio::spawn(run_gossip(
             state.clone(),
-            Duration::from_millis(config.gossip_interval_ms),
+            gossip_interval,
             config.gossip_fanout,
             background,
         ));
         tracing::info!(addr = %local_addr, peers = ?state.peers, "nameserver serving");
         Ok(Self {
             local_addr,
+            http_addr,
             state,
             server,
             stop_server,

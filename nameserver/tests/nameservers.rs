@@ -478,6 +478,7 @@ async fn topics_span_groups_and_bad_admin_input_changes_nothing() -> anyhow::Res
         queue_count: queues,
         permission: apb::Permission::ReadWrite as i32,
         message_types: vec![],
+        ..Default::default()
     };
     let created = ns
         .create_topic(pb::CreateTopicRequest {
@@ -773,6 +774,7 @@ impl World {
                 queue_count: 1,
                 permission: apb::Permission::ReadWrite as i32,
                 message_types: vec![],
+                ..Default::default()
             }),
             groups: on.iter().map(|g| g.to_string()).collect(),
         })
@@ -1165,5 +1167,203 @@ async fn acks_through_a_nameserver_reach_the_group_that_delivered() -> anyhow::R
             "acked twice: {e:?}"
         );
     }
+    Ok(())
+}
+
+/// SIGTERM, then a bounded wait for the process to exit.
+fn terminate(p: &mut Proc) -> anyhow::Result<()> {
+    let mut child = p.child.take().context("not running")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not exit within 15 s of SIGTERM", p.addr);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Waits until node `addr` follows a leader and has applied that leader's commit index.
+async fn wait_caught_up(addr: &str, leader_addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leader = async {
+            let mut c = BrokerAdminClient::connect(format!("http://{leader_addr}")).await?;
+            anyhow::Ok(
+                c.group_status(apb::GroupStatusRequest {})
+                    .await?
+                    .into_inner(),
+            )
+        };
+        let node = async {
+            let mut c = BrokerAdminClient::connect(format!("http://{addr}")).await?;
+            anyhow::Ok(
+                c.group_status(apb::GroupStatusRequest {})
+                    .await?
+                    .into_inner(),
+            )
+        };
+        if let (Ok(l), Ok(n)) = (leader.await, node.await)
+            && n.leader_id.is_some()
+            && n.applied_index >= l.commit_index
+        {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{addr} did not catch up within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The documented rolling restart (followers first; then leadership handed to a restarted
+/// node and the old leader restarted), with a producer and a consumer running throughout
+/// through the nameservers: every acknowledged send is consumed, and neither client sees
+/// an error (the client retries what the brokers ask it to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_loses_nothing() -> anyhow::Result<()> {
+    use rocketraft_client::membership::BrokerGroup;
+    use rocketraft_client::{ClientConfig, Filter, Message, Producer, SimpleConsumer};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let _turn = SERIAL.lock().await;
+    let mut w = World::start(&["g1"])?;
+    w.wait_converged(Duration::from_secs(30)).await?;
+    w.spread_topic("Rolling", Some(("Rollers", false, 16)))
+        .await?;
+    let nameservers: Vec<String> = w.nameservers.iter().map(|n| n.addr.clone()).collect();
+    let config = ClientConfig::new(nameservers.clone());
+    let producer = Producer::builder(config.clone())
+        .topics(["Rolling"])
+        .build()
+        .await?;
+    let consumer = SimpleConsumer::builder(config, "Rollers")
+        .subscribe("Rolling", Filter::all())
+        .await_duration(Duration::from_secs(2))
+        .build()
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let produced = {
+        let (stop, errors) = (stop.clone(), errors.clone());
+        tokio::spawn(async move {
+            let mut acked = std::collections::BTreeSet::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match producer
+                    .send(Message::new("Rolling", format!("roll-{i}")))
+                    .await
+                {
+                    Ok(_) => {
+                        acked.insert(format!("roll-{i}"));
+                    }
+                    Err(e) => {
+                        eprintln!("send roll-{i}: {e}");
+                        errors.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                i += 1;
+            }
+            producer.close().await;
+            acked
+        })
+    };
+    let received = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let drained = Arc::new(AtomicBool::new(false));
+    let consumed = {
+        let (stop, errors, received) = (drained.clone(), errors.clone(), received.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match consumer.receive(32, Duration::from_secs(20)).await {
+                    Ok(batch) => {
+                        if let Err(e) = consumer.ack_all(&batch).await {
+                            eprintln!("ack: {e}");
+                            errors.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let mut r = received.lock().expect("lock");
+                        for m in batch {
+                            r.insert(String::from_utf8_lossy(&m.body).into_owned());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("receive: {e}");
+                        errors.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+
+    // Followers first, then hand leadership to a restarted node and restart the old leader.
+    let (leader, _) = w.broker_leader("g1").await.context("a leader")?;
+    let mut order: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    order.push(leader);
+    for id in order {
+        let addr = w.groups["g1"][&id].addr.clone();
+        if id == leader {
+            let to = *w.groups["g1"]
+                .keys()
+                .find(|n| **n != id)
+                .context("another node")?;
+            let group = BrokerGroup::new(vec![addr.clone()])?;
+            let (now, _) = group.transfer_leader(to).await?;
+            ensure!(now == to, "leadership went to {now}, not {to}");
+        }
+        let proc = w
+            .groups
+            .get_mut("g1")
+            .and_then(|g| g.get_mut(&id))
+            .context("node")?;
+        terminate(proc)?;
+        proc.spawn()?;
+        let (l, _) = w.broker_leader("g1").await.context("a leader")?;
+        let leader_addr = w.groups["g1"][&l].addr.clone();
+        wait_caught_up(&addr, &leader_addr, Duration::from_secs(30)).await?;
+    }
+    // Some load after the last restart, then stop producing and drain.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = produced.await?;
+    ensure!(
+        acked.len() > 50,
+        "the producer made progress: {} sends",
+        acked.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing = acked
+            .iter()
+            .filter(|b| !received.lock().expect("lock").contains(*b))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged sends never consumed",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drained.store(true, Ordering::SeqCst);
+    consumed.await?;
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "client errors during the rolling restart"
+    );
+    eprintln!(
+        "rolling restart: {} sends acknowledged, all consumed",
+        acked.len()
+    );
     Ok(())
 }

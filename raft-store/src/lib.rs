@@ -33,6 +33,7 @@ pub mod types;
 pub use log_store::LogStore;
 pub use network::{NetworkFactory, RaftTransportService};
 pub use state_machine::{
-    HalfMessage, PopReadiness, QueueProgress, QueueState, ReadError, StateMachineStore, StateReader,
+    AppliedCounts, HalfMessage, PopReadiness, QueueProgress, QueueState, ReadError,
+    StateMachineStore, StateReader,
 };
 pub use types::*;

@@ -159,8 +159,30 @@ pub fn validate_topic_config(topic: &TopicConfig) -> Result<(), Rejection> {
             ),
         ));
     }
+    if !(RETENTION_MS_MIN..=RETENTION_MS_MAX).contains(&topic.retention_ms) {
+        return Err(invalid(
+            "topic.retention_ms",
+            format!(
+                "is {}; it must be between {RETENTION_MS_MIN} (1 s) and {RETENTION_MS_MAX} (10 years)",
+                topic.retention_ms
+            ),
+        ));
+    }
+    if topic.dedup_window_ms > topic.retention_ms {
+        return Err(invalid(
+            "topic.dedup_window_ms",
+            format!(
+                "is {}; it cannot exceed the topic's retention_ms ({}): ids are forgotten with their messages",
+                topic.dedup_window_ms, topic.retention_ms
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// Shortest and longest retention a topic may have.
+pub const RETENTION_MS_MIN: u64 = 1_000;
+pub const RETENTION_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 /// Checks a batch on its own (not against a topic): sizes, counts, ids.
 pub fn validate_batch(messages: &[NewMessage]) -> Result<(), Rejection> {

@@ -12,6 +12,9 @@
 //! - `inflight`: pop key + `offset(be64)` -> bincode `Inflight` (delivered, not yet acked)
 //! - `timers`:   `due_ms(be64) log_index(be64) n(be32)` -> bincode `Timed` (DELAY messages)
 //! - `halves`:   `transaction_id` -> bincode `Half` (prepared transaction messages)
+//! - `ids`:      `topic \0 message_id` -> `queue_id(be32) offset(be64) store_ms(be64)`: the
+//!   newest copy of a message id, for deduplication and lookup by id
+//! - `keys`:     `topic \0 key \0 queue_id(be32) offset(be64)` -> empty: lookup by key
 //!
 //! The consumption commands (pop, ack, delay, transactions) live in `consume`.
 //!
@@ -58,9 +61,11 @@ const CF_POPS: &str = "pops";
 const CF_INFLIGHT: &str = "inflight";
 const CF_TIMERS: &str = "timers";
 const CF_HALVES: &str = "halves";
+const CF_IDS: &str = "ids";
+const CF_KEYS: &str = "keys";
 /// Column families in snapshot order; a record's cf byte is its position here plus one,
 /// so new families are only ever added at the end.
-const DATA_CFS: [&str; 10] = [
+const DATA_CFS: [&str; 12] = [
     CF_MESSAGES,
     CF_QUEUES,
     CF_TOPICS,
@@ -71,6 +76,8 @@ const DATA_CFS: [&str; 10] = [
     CF_INFLIGHT,
     CF_TIMERS,
     CF_HALVES,
+    CF_IDS,
+    CF_KEYS,
 ];
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -83,6 +90,8 @@ const KEY_INSTALLING: &[u8] = b"installing";
 pub struct QueueState {
     pub offset_min: u64,
     pub offset_next: u64,
+    /// Body bytes of the stored messages (`offset_min..offset_next`), for size retention.
+    pub bytes: u64,
 }
 
 /// Errors of the read API.
@@ -148,6 +157,59 @@ struct Inner {
     receiving: Mutex<Option<PathBuf>>,
     /// Serialises snapshot builds with installs: both replace the snapshot file.
     snapshot_lock: tokio::sync::Mutex<()>,
+    counters: AppliedCounters,
+}
+
+/// Messages this process applied since it started, for rate metrics. Every node of a group
+/// applies the same entries, so every node counts the group's traffic; replay after a restart
+/// counts again (Prometheus rates treat the restart as a counter reset).
+#[derive(Debug, Default)]
+struct AppliedCounters {
+    appended: std::sync::atomic::AtomicU64,
+    delivered: std::sync::atomic::AtomicU64,
+    acked: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of the applied-message counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    /// Messages appended to queues (sends, due DELAY messages, committed transactions).
+    pub appended: u64,
+    /// Deliveries handed to consumers (pops), redeliveries included.
+    pub delivered: u64,
+    /// Deliveries acknowledged.
+    pub acked: u64,
+}
+
+impl AppliedCounters {
+    fn count(&self, result: &CommandResult) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            CommandResult::Appended { count, .. } | CommandResult::Delivered { count } => {
+                self.appended.fetch_add(u64::from(*count), Relaxed);
+            }
+            CommandResult::TransactionEnded { offset: Some(_) } => {
+                self.appended.fetch_add(1, Relaxed);
+            }
+            CommandResult::Popped(p) => {
+                self.delivered.fetch_add(p.len() as u64, Relaxed);
+            }
+            CommandResult::Acked(acked) => {
+                let n = acked.iter().filter(|a| **a).count();
+                self.acked.fetch_add(n as u64, Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn read(&self) -> AppliedCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        AppliedCounts {
+            appended: self.appended.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            acked: self.acked.load(Relaxed),
+        }
+    }
 }
 
 impl Inner {
@@ -352,6 +414,7 @@ impl StateMachineStore {
             applied_tx,
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
+            counters: AppliedCounters::default(),
         });
         if inner
             .db
@@ -427,7 +490,28 @@ impl StateMachineStore {
         }
     }
 
+    /// The newest copy of `message_id` in `topic`, as the entries applied so far left it.
+    fn stored_id(
+        &self,
+        p: &Pending,
+        topic: &str,
+        message_id: &str,
+    ) -> Result<Option<IdEntry>, StorageError> {
+        let key = id_key(topic, message_id);
+        if let Some(e) = p.ids.get(&key) {
+            return Ok(Some(*e));
+        }
+        let raw = self
+            .inner
+            .db
+            .get_cf(self.inner.cf(CF_IDS), &key)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(raw.as_deref().and_then(IdEntry::decode))
+    }
+
     /// Appends `messages` to one queue (already validated against it), assigning offsets.
+    /// A message whose id the topic stored within its dedup window is not stored again.
+    /// Returns (first new offset, messages stored, offset of each input message).
     fn append(
         &self,
         p: &mut Pending,
@@ -435,29 +519,128 @@ impl StateMachineStore {
         queue_id: u32,
         store_timestamp_ms: i64,
         messages: impl IntoIterator<Item = NewMessage>,
-    ) -> Result<(u64, u32), StorageError> {
+    ) -> Result<Appended, StorageError> {
         let inner = &self.inner;
+        let window = self.topic_as_of(p, topic).map_or(0, |t| t.dedup_window_ms);
         let mut q = self.queue_as_of(p, topic, queue_id);
         let first_offset = q.offset_next;
-        let cf = inner.cf(CF_MESSAGES);
+        let mut offsets = Vec::new();
         for m in messages {
+            if window > 0
+                && let Some(held) = self.stored_id(p, topic, &m.message_id)?
+                && held.store_ms.saturating_add(window as i64) >= store_timestamp_ms
+                && (if held.queue_id == queue_id {
+                    // This queue's state is `q` until the command ends.
+                    (q.offset_min..q.offset_next).contains(&held.offset)
+                } else {
+                    self.holds(p, topic, held)
+                })
+            {
+                offsets.push((held.queue_id, held.offset));
+                continue;
+            }
+            let offset = q.offset_next;
+            let entry = IdEntry {
+                queue_id,
+                offset,
+                store_ms: store_timestamp_ms,
+            };
+            let id_key = id_key(topic, &m.message_id);
+            p.batch.put_cf(inner.cf(CF_IDS), &id_key, entry.encode());
+            p.ids.insert(id_key, entry);
+            for k in &m.keys {
+                p.batch.put_cf(
+                    inner.cf(CF_KEYS),
+                    key_index_key(topic, k, queue_id, offset),
+                    [],
+                );
+            }
+            q.bytes += m.body.len() as u64;
             let stored = StoredMessage {
                 topic: topic.to_string(),
                 queue_id,
-                offset: q.offset_next,
+                offset,
                 store_timestamp_ms,
                 message: m,
             };
             let value = bincode::serialize(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            p.batch
-                .put_cf(cf, message_key(topic, queue_id, q.offset_next), value);
+            p.batch.put_cf(
+                inner.cf(CF_MESSAGES),
+                message_key(topic, queue_id, offset),
+                value,
+            );
             q.offset_next += 1;
+            offsets.push((queue_id, offset));
         }
         let qv = bincode::serialize(&q).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         p.batch
             .put_cf(inner.cf(CF_QUEUES), queue_key(topic, queue_id), qv);
         p.queues.insert((topic.to_string(), queue_id), q);
-        Ok((first_offset, (q.offset_next - first_offset) as u32))
+        Ok((first_offset, (q.offset_next - first_offset) as u32, offsets))
+    }
+
+    /// Whether the message an id entry points at is still stored (not expired or deleted).
+    fn holds(&self, p: &Pending, topic: &str, e: IdEntry) -> bool {
+        let q = self.queue_as_of(p, topic, e.queue_id);
+        (q.offset_min..q.offset_next).contains(&e.offset)
+    }
+
+    /// Deletes `topic`'s messages of one queue below `before` and their index entries.
+    fn expire(
+        &self,
+        p: &mut Pending,
+        topic: &str,
+        queue_id: u32,
+        before: u64,
+    ) -> Result<u64, StorageError> {
+        let inner = &self.inner;
+        let mut q = self.queue_as_of(p, topic, queue_id);
+        let before = before.min(q.offset_next);
+        if before <= q.offset_min {
+            return Ok(0);
+        }
+        // Messages this apply has not written yet cannot be below offset_next's old value,
+        // so everything to delete is in RocksDB already.
+        let start = message_key(topic, queue_id, q.offset_min);
+        let end = message_key(topic, queue_id, before);
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(end.clone());
+        let iter = inner.db.iterator_cf_opt(
+            inner.cf(CF_MESSAGES),
+            read,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let mut removed = 0u64;
+        for item in iter {
+            let (_, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            let m: StoredMessage =
+                bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            q.bytes = q.bytes.saturating_sub(m.message.body.len() as u64);
+            let id_key = id_key(topic, &m.message.message_id);
+            // The id may point at a later copy; only this copy's entry goes.
+            if self
+                .stored_id(p, topic, &m.message.message_id)?
+                .is_some_and(|e| e.queue_id == queue_id && e.offset == m.offset)
+            {
+                p.batch.delete_cf(inner.cf(CF_IDS), &id_key);
+                p.ids.remove(&id_key);
+            }
+            for k in &m.message.keys {
+                p.batch.delete_cf(
+                    inner.cf(CF_KEYS),
+                    key_index_key(topic, k, queue_id, m.offset),
+                );
+            }
+            removed += 1;
+        }
+        p.batch
+            .delete_range_cf(inner.cf(CF_MESSAGES), start.as_slice(), end.as_slice());
+        q.offset_min = before;
+        let qv = bincode::serialize(&q).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        p.batch
+            .put_cf(inner.cf(CF_QUEUES), queue_key(topic, queue_id), qv);
+        p.queues.insert((topic.to_string(), queue_id), q);
+        Ok(removed)
     }
 
     fn put_topic(&self, p: &mut Pending, cfg: &TopicConfig) -> Result<(), StorageError> {
@@ -509,6 +692,7 @@ impl StateMachineStore {
                 .expect("lock poisoned")
                 .extend(std::mem::take(&mut p.queues));
         }
+        p.ids.clear();
         if !p.groups.is_empty() {
             inner
                 .groups
@@ -540,7 +724,7 @@ impl StateMachineStore {
                 }) {
                     return Ok(CommandResult::Rejected(r));
                 }
-                let (first_offset, count) = self.append(
+                let (first_offset, count, offsets) = self.append(
                     p,
                     topic,
                     *queue_id,
@@ -551,6 +735,7 @@ impl StateMachineStore {
                     first_offset,
                     count,
                     store_timestamp_ms: *store_timestamp_ms,
+                    offsets,
                 })
             }
             Command::PutTopic(cfg) => {
@@ -623,9 +808,15 @@ impl StateMachineStore {
                 end.push(1);
                 p.batch
                     .delete_range_cf(inner.cf(CF_MESSAGES), start.as_slice(), end.as_slice());
+                p.batch
+                    .delete_range_cf(inner.cf(CF_IDS), start.as_slice(), end.as_slice());
+                p.batch
+                    .delete_range_cf(inner.cf(CF_KEYS), start.as_slice(), end.as_slice());
+                p.ids.retain(|k, _| !k.starts_with(&start));
                 for q in 0..cfg.queue_count {
                     let mut state = self.queue_as_of(p, name, q);
                     state.offset_min = state.offset_next;
+                    state.bytes = 0;
                     let v = bincode::serialize(&state).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                     p.batch.put_cf(inner.cf(CF_QUEUES), queue_key(name, q), v);
                     p.queues.insert((name.clone(), q), state);
@@ -634,6 +825,19 @@ impl StateMachineStore {
                 p.topics.remove(name);
                 p.deleted_topics.insert(name.clone());
                 Ok(CommandResult::TopicDeleted)
+            }
+            Command::Expire {
+                topic,
+                queue_id,
+                before_offset,
+            } => {
+                if self.topic_as_of(p, topic).is_none() {
+                    return Ok(CommandResult::Rejected(Rejection::UnknownTopic(
+                        topic.clone(),
+                    )));
+                }
+                let removed = self.expire(p, topic, *queue_id, *before_offset)?;
+                Ok(CommandResult::Expired { removed })
             }
             other => self.apply_consume(other, log_index, p),
         }
@@ -649,8 +853,65 @@ struct Pending {
     deleted_topics: std::collections::HashSet<String>,
     queues: HashMap<(String, u32), QueueState>,
     groups: HashMap<String, GroupConfig>,
+    /// Message ids written by these entries (the batch is not readable).
+    ids: HashMap<Vec<u8>, IdEntry>,
     last: Option<LogId>,
     membership: Option<StoredMembership>,
+}
+
+/// What [`StateMachineStore::append`] did: (first new offset, messages stored, the
+/// (queue, offset) of each input message).
+type Appended = (u64, u32, Vec<(u32, u64)>);
+
+/// Where the newest copy of a message id is (the `ids` column family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdEntry {
+    queue_id: u32,
+    offset: u64,
+    store_ms: i64,
+}
+
+impl IdEntry {
+    fn encode(&self) -> [u8; 20] {
+        let mut v = [0u8; 20];
+        v[..4].copy_from_slice(&self.queue_id.to_be_bytes());
+        v[4..12].copy_from_slice(&self.offset.to_be_bytes());
+        v[12..].copy_from_slice(&self.store_ms.to_be_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        Some(Self {
+            queue_id: u32::from_be_bytes(v.get(..4)?.try_into().ok()?),
+            offset: u64::from_be_bytes(v.get(4..12)?.try_into().ok()?),
+            store_ms: i64::from_be_bytes(v.get(12..20)?.try_into().ok()?),
+        })
+    }
+}
+
+fn id_key(topic: &str, message_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + message_id.len() + 1);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(message_id.as_bytes());
+    k
+}
+
+/// `topic \0 key \0`: the prefix of every index entry of one key.
+fn key_prefix(topic: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + key.len() + 14);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k
+}
+
+fn key_index_key(topic: &str, key: &str, queue_id: u32, offset: u64) -> Vec<u8> {
+    let mut k = key_prefix(topic, key);
+    k.extend_from_slice(&queue_id.to_be_bytes());
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
 }
 
 impl Pending {
@@ -665,6 +926,11 @@ impl StateReader {
     }
 
     /// Changes whenever entries have been applied; for long polling.
+    /// Messages appended, delivered and acked since this process started.
+    pub fn applied_counts(&self) -> AppliedCounts {
+        self.inner.counters.read()
+    }
+
     pub fn subscribe_applied(&self) -> watch::Receiver<Option<LogId>> {
         self.inner.applied_tx.subscribe()
     }
@@ -886,7 +1152,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     if cmd.reads_state() && p.is_dirty() {
                         self.commit(&mut p)?;
                     }
-                    self.apply_command(cmd, entry.log_id.index, &mut p)?
+                    let result = self.apply_command(cmd, entry.log_id.index, &mut p)?;
+                    self.inner.counters.count(&result);
+                    result
                 }
                 EntryPayload::Membership(m) => {
                     p.membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));

@@ -62,9 +62,35 @@ pub struct TopicConfig {
     pub permission: Permission,
     /// Accepted kinds; empty means every kind ("mixed").
     pub message_kinds: Vec<MessageKind>,
+    /// Messages older than this are deleted (on every node).
+    pub retention_ms: u64,
+    /// Each queue keeps at most `retention_bytes / queue_count` bytes of bodies, deleting
+    /// its oldest messages beyond; 0: no size limit.
+    pub retention_bytes: u64,
+    /// A message whose id the topic already stored within this window is not stored again:
+    /// the send returns the first copy's offset, so producer retries are idempotent. 0: off.
+    pub dedup_window_ms: u64,
 }
 
+/// RocketMQ's default file retention (`fileReservedTime`): 72 hours.
+pub const DEFAULT_RETENTION_MS: u64 = 72 * 3600 * 1000;
+/// How long a message id is remembered for deduplication by default.
+pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 2 * 60 * 1000;
+
 impl TopicConfig {
+    /// A read-write topic of every message kind, with the default retention and dedup window.
+    pub fn new(name: impl Into<String>, queue_count: u32) -> Self {
+        Self {
+            name: name.into(),
+            queue_count,
+            permission: Permission::ReadWrite,
+            message_kinds: Vec::new(),
+            retention_ms: DEFAULT_RETENTION_MS,
+            retention_bytes: 0,
+            dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
+        }
+    }
+
     pub fn accepts(&self, kind: MessageKind) -> bool {
         self.message_kinds.is_empty() || self.message_kinds.contains(&kind)
     }
@@ -295,6 +321,13 @@ pub enum Command {
         topic: String,
         timestamp_ms: i64,
     },
+    /// Delete a queue's messages below `before_offset` (retention). The leader proposes it
+    /// from the topic's retention settings; every replica deletes the same messages.
+    Expire {
+        topic: String,
+        queue_id: u32,
+        before_offset: u64,
+    },
 }
 
 impl Command {
@@ -311,6 +344,8 @@ impl Command {
                 | Command::EndTransaction { .. }
                 | Command::TransactionsChecked { .. }
                 | Command::ResetOffsets { .. }
+                // Reads the messages it deletes, which earlier entries may have appended.
+                | Command::Expire { .. }
         )
     }
 }
@@ -321,9 +356,15 @@ pub enum CommandResult {
     /// Blank and membership entries.
     None,
     Appended {
+        /// Offset of the first message stored by this command.
         first_offset: u64,
+        /// Messages stored by this command (duplicates are not).
         count: u32,
         store_timestamp_ms: i64,
+        /// (queue id, offset) of each message of the command, in order: where it was stored
+        /// now, or, for a duplicate within the topic's dedup window, where its first copy is
+        /// (possibly another queue: producers retry on another queue).
+        offsets: Vec<(u32, u64)>,
     },
     TopicPut,
     OffsetCommitted,
@@ -351,6 +392,10 @@ pub enum CommandResult {
     TopicDeleted,
     /// The new offset of each queue, by queue id, after [`Command::ResetOffsets`].
     OffsetsReset(Vec<u64>),
+    /// Messages deleted by [`Command::Expire`].
+    Expired {
+        removed: u64,
+    },
     /// The command was valid when proposed but not against the state it was applied to
     /// (e.g. the topic was deleted in between). Nothing was changed.
     Rejected(Rejection),

@@ -99,12 +99,7 @@ fn pop_cmd(group: &str, max: u32, invisible_ms: u64, now_ms: i64, filter: Filter
 }
 
 fn topic(name: &str, queues: u32) -> Command {
-    Command::PutTopic(TopicConfig {
-        name: name.into(),
-        queue_count: queues,
-        permission: Permission::ReadWrite,
-        message_kinds: vec![],
-    })
+    Command::PutTopic(TopicConfig::new(name, queues))
 }
 
 fn group(name: &str, orderly: bool, max_delivery_attempts: u32) -> Command {

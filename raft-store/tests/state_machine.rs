@@ -19,12 +19,7 @@ fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
 }
 
 fn topic(name: &str, queues: u32) -> Command {
-    Command::PutTopic(TopicConfig {
-        name: name.into(),
-        queue_count: queues,
-        permission: Permission::ReadWrite,
-        message_kinds: vec![],
-    })
+    Command::PutTopic(TopicConfig::new(name, queues))
 }
 
 fn msg(i: usize) -> NewMessage {
@@ -69,7 +64,8 @@ async fn offsets_are_dense_per_queue_and_survive_reopen() -> anyhow::Result<()> 
             CommandResult::Appended {
                 first_offset: 0,
                 count: 3,
-                store_timestamp_ms: 42
+                store_timestamp_ms: 42,
+                offsets: vec![(0, 0), (0, 1), (0, 2)],
             }
         );
         assert_eq!(
@@ -77,7 +73,8 @@ async fn offsets_are_dense_per_queue_and_survive_reopen() -> anyhow::Result<()> 
             CommandResult::Appended {
                 first_offset: 0,
                 count: 2,
-                store_timestamp_ms: 42
+                store_timestamp_ms: 42,
+                offsets: vec![(1, 0), (1, 1)],
             }
         );
         assert_eq!(
@@ -85,7 +82,8 @@ async fn offsets_are_dense_per_queue_and_survive_reopen() -> anyhow::Result<()> 
             CommandResult::Appended {
                 first_offset: 3,
                 count: 2,
-                store_timestamp_ms: 42
+                store_timestamp_ms: 42,
+                offsets: vec![(0, 3), (0, 4)],
             }
         );
         sm.reader().flush()?;

@@ -175,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
                 queue_count: args.queues,
                 permission: pb::Permission::ReadWrite as i32,
                 message_types: vec![],
+                ..Default::default()
             }),
         })
         .await?;

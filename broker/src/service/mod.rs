@@ -19,6 +19,7 @@ pub mod delay;
 pub mod message;
 pub mod pull;
 pub mod receive;
+pub mod retention;
 pub mod route;
 pub mod send;
 pub mod status;

@@ -128,12 +128,7 @@ pub async fn topic_or_auto_create(
     {
         return Ok(None);
     }
-    let cfg = TopicConfig {
-        name: name.to_string(),
-        queue_count: ctx.auto_create_topic_queues,
-        permission: Permission::ReadWrite,
-        message_kinds: vec![],
-    };
+    let cfg = TopicConfig::new(name, ctx.auto_create_topic_queues);
     match super::propose(ctx, rocketraft_raft_store::Command::PutTopic(cfg.clone())).await? {
         super::Outcome::Done(_) => {}
         super::Outcome::Forward(addr) => {

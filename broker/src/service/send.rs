@@ -327,14 +327,14 @@ pub async fn send_message(
                 }
             }
         };
-        let first_offset = match propose(ctx, cmd).await? {
+        let offsets = match propose(ctx, cmd).await? {
             Outcome::Forward(addr) if n == 0 => return Ok(Outcome::Forward(addr)),
             Outcome::Forward(_) => {
                 return Err(tonic::Status::unavailable(
                     "leadership moved while the request was being appended; retry",
                 ));
             }
-            Outcome::Done(CommandResult::Appended { first_offset, .. }) => Some(first_offset),
+            Outcome::Done(CommandResult::Appended { offsets, .. }) => Some(offsets),
             // Scheduled and prepared messages get their offset when they become visible.
             Outcome::Done(CommandResult::Scheduled { .. } | CommandResult::Prepared) => None,
             Outcome::Done(CommandResult::Rejected(r)) => {
@@ -351,7 +351,10 @@ pub async fn send_message(
                 status: Some(ok()),
                 message_id: id,
                 transaction_id: transaction_id.clone(),
-                offset: first_offset.map_or(-1, |o| (o + k as u64) as i64),
+                offset: offsets
+                    .as_ref()
+                    .and_then(|o| o.get(k))
+                    .map_or(-1, |(_, o)| *o as i64),
                 recall_handle: String::new(),
             });
         }

@@ -27,6 +27,10 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// The HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub http: String,
+    /// Started with `--join`: waits to be added instead of forming the group.
+    pub join: bool,
 }
 
 pub struct Cluster {
@@ -44,22 +48,36 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+impl Node {
+    fn new(dir: &std::path::Path, id: u64, join: bool) -> Self {
+        Self {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            child: None,
+            http: format!("127.0.0.1:{}", free_port()),
+            join,
+        }
+    }
+}
+
 impl Cluster {
+    /// Starts a new node `id` with `--join`, not yet a member; returns its address.
+    pub fn spawn_joining(&mut self, id: u64) -> anyhow::Result<String> {
+        anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} exists");
+        let node = Node::new(self.dir.path(), id, true);
+        let addr = node.addr.clone();
+        self.nodes.insert(id, node);
+        self.spawn(id)?;
+        Ok(addr)
+    }
+
     pub fn start(size: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut nodes = BTreeMap::new();
         for id in 1..=size {
-            let addr = format!("127.0.0.1:{}", free_port());
-            nodes.insert(
-                id,
-                Node {
-                    id,
-                    addr,
-                    data_dir: dir.path().join(format!("node{id}")),
-                    log: dir.path().join(format!("node{id}.log")),
-                    child: None,
-                },
-            );
+            nodes.insert(id, Node::new(dir.path(), id, false));
         }
         let members = nodes
             .values()
@@ -93,10 +111,13 @@ impl Cluster {
                 "test-group",
                 "--listen",
                 &node.addr,
+                "--http-listen",
+                &node.http,
             ])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--members", &self.members])
+            .args(node.join.then_some("--join"))
             .args(&self.extra_args)
             .env("ROCKETRAFT_LOG", "info,openraft=warn")
             .stdout(Stdio::from(log.try_clone()?))
@@ -234,6 +255,7 @@ impl Cluster {
                     queue_count: queues,
                     permission: pb::Permission::ReadWrite as i32,
                     message_types: vec![],
+                    ..Default::default()
                 }),
             })
             .await?;
@@ -308,7 +330,8 @@ impl Cluster {
                 .read_messages(pb::ReadMessagesRequest {
                     topic: topic.into(),
                     queue_id,
-                    offset: out.len() as u64,
+                    // After the last one read (retention may have moved the start).
+                    offset: out.last().map_or(0, |m: &pb::StoredMessage| m.offset + 1),
                     max_count: 1000,
                 })
                 .await?

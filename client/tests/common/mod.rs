@@ -131,8 +131,7 @@ impl LocalCluster {
             .create_topic(&TopicSpec {
                 name: topic.into(),
                 queues,
-                message_types: vec![],
-                groups: vec![],
+                ..Default::default()
             })
             .await?;
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -14,9 +14,9 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CF_HALVES, CF_INFLIGHT, CF_MESSAGES, CF_OFFSETS, CF_POPS, CF_TIMERS, Inner, Pending,
-    QueueState, ReadError, StateMachineStore, StateReader, consumer_offset_key, message_key,
-    queue_key, sm_err,
+    CF_HALVES, CF_IDS, CF_INFLIGHT, CF_KEYS, CF_MESSAGES, CF_OFFSETS, CF_POPS, CF_TIMERS, Inner,
+    Pending, QueueState, ReadError, StateMachineStore, StateReader, consumer_offset_key,
+    message_key, queue_key, sm_err,
 };
 use crate::limits;
 use crate::types::{
@@ -549,7 +549,7 @@ impl StateMachineStore {
                 ) {
                     return Ok(CommandResult::Rejected(r));
                 }
-                let (offset, _) = self.append(
+                let (_, _, offsets) = self.append(
                     p,
                     &half.topic,
                     half.queue_id,
@@ -557,7 +557,7 @@ impl StateMachineStore {
                     [half.message],
                 )?;
                 Ok(CommandResult::TransactionEnded {
-                    offset: Some(offset),
+                    offset: offsets.first().map(|(_, o)| *o),
                 })
             }
             Command::TransactionsChecked {
@@ -585,7 +585,8 @@ impl StateMachineStore {
             | Command::PutTopic(_)
             | Command::CommitOffset { .. }
             | Command::PutGroup(_)
-            | Command::DeleteTopic { .. } => {
+            | Command::DeleteTopic { .. }
+            | Command::Expire { .. } => {
                 unreachable!("apply_command handles {cmd:?} itself")
             }
         }
@@ -636,12 +637,7 @@ impl StateMachineStore {
     ) -> Result<(), StorageError> {
         let dlq = dead_letter_topic(group);
         if self.topic_as_of(p, &dlq).is_none() {
-            let cfg = TopicConfig {
-                name: dlq.clone(),
-                queue_count: 1,
-                permission: crate::types::Permission::ReadWrite,
-                message_kinds: vec![],
-            };
+            let cfg = TopicConfig::new(dlq.clone(), 1);
             if limits::validate_topic_config(&cfg).is_err() {
                 // The group name is too long for a DLQ name; RocketMQ has the same limit.
                 tracing::warn!(group, "dead-letter topic name too long; message dropped");
@@ -930,5 +926,82 @@ impl StateReader {
         let q = self.queue_state(topic, queue_id);
         self.inner
             .offset_for_timestamp(topic, queue_id, q, timestamp_ms)
+    }
+
+    /// The stored message with this id (its newest copy), from the id index.
+    pub fn message_by_id(
+        &self,
+        topic: &str,
+        message_id: &str,
+    ) -> Result<Option<StoredMessage>, ReadError> {
+        let Some(raw) = self
+            .inner
+            .db
+            .get_cf(self.inner.cf(CF_IDS), super::id_key(topic, message_id))?
+        else {
+            return Ok(None);
+        };
+        let e = super::IdEntry::decode(&raw)
+            .ok_or_else(|| ReadError::Corrupt("id index entry is not 20 bytes".into()))?;
+        self.inner.message(topic, e.queue_id, e.offset)
+    }
+
+    /// Up to `max` stored messages carrying `key`, by queue then offset, from the key index.
+    pub fn messages_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>, ReadError> {
+        let prefix = super::key_prefix(topic, key);
+        let iter = self.inner.db.iterator_cf(
+            self.inner.cf(CF_KEYS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, _) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if out.len() >= max {
+                break;
+            }
+            let (Some(q), Some(o)) = (rest.get(..4), rest.get(4..12)) else {
+                return Err(ReadError::Corrupt("key index entry is too short".into()));
+            };
+            let queue_id = u32::from_be_bytes(q.try_into().unwrap_or_default());
+            let offset = u64::from_be_bytes(o.try_into().unwrap_or_default());
+            if let Some(m) = self.inner.message(topic, queue_id, offset)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` messages of `topic` stored in `[start_ms, end_ms)`, by queue then offset.
+    /// Store times grow with offsets within a queue (the leader stamps them in log order),
+    /// so each queue is binary-searched for both ends.
+    pub fn messages_by_time(
+        &self,
+        topic: &str,
+        start_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>, ReadError> {
+        let Some(cfg) = self.topic(topic) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for queue_id in 0..cfg.queue_count {
+            if out.len() >= max {
+                break;
+            }
+            let from = self.offset_for_timestamp(topic, queue_id, start_ms)?;
+            let to = self.offset_for_timestamp(topic, queue_id, end_ms)?;
+            let to = to.min(from + (max - out.len()) as u64);
+            out.extend(self.inner.messages_between(topic, queue_id, from, to)?);
+        }
+        Ok(out)
     }
 }

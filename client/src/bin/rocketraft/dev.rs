@@ -366,8 +366,7 @@ async fn create_topic(
     let spec = TopicSpec {
         name: a.topic.clone(),
         queues: a.queues,
-        message_types: vec![],
-        groups: vec![],
+        ..Default::default()
     };
     loop {
         pg.check_alive()?;

@@ -7,6 +7,7 @@
 //! - `send`, `consume`: the client library's producer and simple consumer.
 
 mod bench;
+mod broker;
 mod dev;
 
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,16 @@ enum Command {
     /// Broker groups, their nodes, leaders and terms.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// A broker group's members: add, remove, hand leadership over.
+    #[command(subcommand)]
+    Broker(broker::BrokerCommand),
+    /// Exit 0 if an HTTP endpoint answers 200 (a health check for images without curl).
+    /// Example: rocketraft probe http://127.0.0.1:9100/readyz
+    Probe {
+        url: String,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Create, delete and list topics.
     #[command(subcommand)]
     Topic(TopicCommand),
@@ -126,18 +137,25 @@ struct ConsumeArgs {
 
 #[derive(Subcommand)]
 enum MessageCommand {
-    /// Find a topic's messages by id or key (no index yet: the newest --scan-max messages of
-    /// each queue are read). Example: rocketraft message get --topic Orders --key order-42
+    /// Find a topic's messages by id, by key or by store time (through each broker group's
+    /// indexes). Examples: rocketraft message get --topic Orders --key order-42
+    ///   rocketraft message get --topic Orders --since 10m --until 5m
     Get {
         #[arg(long)]
         topic: String,
-        #[arg(long, required_unless_present = "key", conflicts_with = "key")]
+        #[arg(long, conflicts_with_all = ["key", "since"])]
         id: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "since")]
         key: Option<String>,
-        /// Messages read per queue at most, newest first [default: 100000; limit 1000000].
+        /// Stored at or after this time (RFC 3339, epoch ms, or an age like 10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stored before this time [default: now].
+        #[arg(long, requires = "since")]
+        until: Option<String>,
+        /// Matches per broker group at most [default: 32; limit 1000].
         #[arg(long, default_value_t = 0)]
-        scan_max: u64,
+        max: u32,
     },
 }
 
@@ -168,12 +186,12 @@ fn parse_timestamp(s: &str) -> anyhow::Result<i64> {
         Err(_) => {
             let ago = humantime::parse_duration(s).map_err(|_| {
                 anyhow::anyhow!(
-                    "--to-timestamp {s:?}: expected an RFC 3339 time, milliseconds since the epoch, or a duration ago such as 10m"
+                    "time {s:?}: expected an RFC 3339 time, milliseconds since the epoch, or a duration ago such as 10m"
                 )
             })?;
             std::time::SystemTime::now()
                 .checked_sub(ago)
-                .context("--to-timestamp: that duration reaches before the epoch")?
+                .with_context(|| format!("time {s:?} reaches before the epoch"))?
         }
     };
     Ok(at
@@ -206,6 +224,15 @@ enum TopicCommand {
         /// Accepted message types (repeatable): normal, fifo, delay, transaction; all when absent.
         #[arg(long = "type")]
         types: Vec<String>,
+        /// Delete messages older than this (e.g. 72h, 7d) [default: 72h].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<Duration>,
+        /// Keep at most this many body bytes in the topic, oldest deleted first [default: no limit].
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// A resent message id within this window is not stored again (0s: off) [default: 2m].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dedup_window: Option<Duration>,
         #[command(flatten)]
         groups: Groups,
     },
@@ -475,23 +502,44 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(b) => return bench::run(config(&cli.nameserver), cli.json, b).await,
         Command::Send(a) => return send(&cli.nameserver, cli.json, a).await,
         Command::Consume(a) => return consume(&cli.nameserver, cli.json, a).await,
+        Command::Broker(b) => return broker::run(&cli.nameserver, cli.json, b).await,
+        Command::Probe { url, timeout } => {
+            let (code, body) = rocketraft_client::membership::http_get(&url, timeout).await?;
+            print!("{body}");
+            anyhow::ensure!(code == 200, "{url} answered {code}");
+            return Ok(());
+        }
         _ => {}
     }
     let mut admin = Admin::connect(&cli.nameserver).await?;
     match cli.command {
-        Command::Dev(_) | Command::Bench(_) | Command::Send(_) | Command::Consume(_) => {}
+        Command::Dev(_)
+        | Command::Bench(_)
+        | Command::Send(_)
+        | Command::Consume(_)
+        | Command::Broker(_)
+        | Command::Probe { .. } => {}
         Command::Message(MessageCommand::Get {
             topic,
             id,
             key,
-            scan_max,
+            since,
+            until,
+            max,
         }) => {
-            let by = match (id, key) {
-                (Some(id), _) => LookupBy::Id(id),
-                (None, Some(key)) => LookupBy::Key(key),
-                (None, None) => anyhow::bail!("give --id or --key"),
+            let by = match (id, key, since) {
+                (Some(id), _, _) => LookupBy::Id(id),
+                (None, Some(key), _) => LookupBy::Key(key),
+                (None, None, Some(since)) => LookupBy::Time {
+                    start_ms: parse_timestamp(&since)?,
+                    end_ms: match until {
+                        Some(u) => parse_timestamp(&u)?,
+                        None => parse_timestamp("0s")?.saturating_add(1),
+                    },
+                },
+                (None, None, None) => anyhow::bail!("give --id, --key or --since"),
             };
-            let found = admin.find_messages(&topic, &by, scan_max).await?;
+            let found = admin.find_messages(&topic, &by, max).await?;
             print(cli.json, &found, || {
                 let mut out = String::new();
                 for m in &found.messages {
@@ -514,7 +562,7 @@ async fn main() -> anyhow::Result<()> {
                     if found.complete {
                         ""
                     } else {
-                        " (not the whole topic: raise --scan-max)"
+                        " (more match: raise --max)"
                     }
                 );
                 for (g, e) in &found.errors {
@@ -576,6 +624,9 @@ async fn main() -> anyhow::Result<()> {
             name,
             queues,
             types,
+            retention,
+            retention_bytes,
+            dedup_window,
             groups,
         }) => {
             let spec = TopicSpec {
@@ -583,6 +634,9 @@ async fn main() -> anyhow::Result<()> {
                 queues,
                 message_types: types,
                 groups: groups.groups,
+                retention,
+                retention_bytes,
+                dedup_window,
             };
             let on = admin.create_topic(&spec).await?;
             print(
