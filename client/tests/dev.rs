@@ -1,8 +1,8 @@
 //! The playground end to end, as a newcomer uses it: `rocketraft dev` starts a cluster, the
 //! command line creates a topic, sends 1000 messages and consumes them, `group describe`
 //! shows no lag, `offset reset` rewinds the group and it consumes all again, `cluster
-//! status --json` parses; SIGTERM stops every process, and starting again on the same data
-//! dir finds everything where it was.
+//! status --json` parses, `broker transfer-leader` moves the leader; SIGTERM stops every
+//! process, and starting again on the same data dir finds everything where it was.
 
 mod common;
 
@@ -263,6 +263,30 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
             "node status: {n}"
         );
     }
+
+    // Membership through the CLI: the group's members, then leadership to another voter.
+    let members = json(&ns, &["broker", "members", "--broker-group", "playground"])?;
+    assert_eq!(
+        members["members"].as_array().map(Vec::len),
+        Some(3),
+        "{members}"
+    );
+    let leader = members["leader"].as_u64().context("a leader")?;
+    let to = (1..=3).find(|n| *n != leader).context("another node")?;
+    let moved = json(
+        &ns,
+        &[
+            "broker",
+            "transfer-leader",
+            "--broker-group",
+            "playground",
+            "--to",
+            &to.to_string(),
+        ],
+    )?;
+    assert_eq!(moved["leader"].as_u64(), Some(to), "{moved}");
+    let members = json(&ns, &["broker", "members", "--broker-group", "playground"])?;
+    assert_eq!(members["leader"].as_u64(), Some(to), "{members}");
 
     dev.stop().await?;
     // Every child stopped with it: their ports are free again.
