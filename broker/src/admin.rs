@@ -33,6 +33,7 @@ pub struct AdminService {
     pub election_lease: Duration,
     /// Bumped by every hold on elections, so only the latest one lifts it.
     pub hold_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub disk: Option<std::sync::Arc<crate::disk::DiskGuard>>,
 }
 
 fn rejection_status(r: Rejection) -> Status {
@@ -266,6 +267,11 @@ impl BrokerAdmin for AdminService {
         if let Some(topic) = self.reader.topic(&msg.topic) {
             limits::validate_append_target(Some(&topic), &msg.topic, msg.queue_id, &messages)
                 .map_err(rejection_status)?;
+        }
+        if let Some(d) = &self.disk
+            && self.raft.metrics().borrow().state == ServerState::Leader
+        {
+            d.writable().map_err(Status::resource_exhausted)?;
         }
         let cmd = Command::Append {
             topic: msg.topic.clone(),
@@ -587,6 +593,17 @@ impl BrokerAdmin for AdminService {
             .await
             .map_err(|e| Status::unavailable(format!("raft node stopped: {e}")))?;
         Ok(Response::new(pb::CampaignResponse {}))
+    }
+
+    async fn report_disk(
+        &self,
+        req: Request<pb::ReportDiskRequest>,
+    ) -> Result<Response<pb::ReportDiskResponse>, Status> {
+        let r = req.into_inner();
+        if let Some(d) = &self.disk {
+            d.record_report(r.node_id, r.free_bytes, r.low);
+        }
+        Ok(Response::new(pb::ReportDiskResponse {}))
     }
 
     async fn snapshot(

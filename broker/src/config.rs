@@ -61,6 +61,10 @@ pub struct BrokerConfig {
     /// How often the leader looks for messages past their topic's retention.
     #[serde(default = "defaults::retention_check_interval_ms")]
     pub retention_check_interval_ms: u64,
+    /// New messages are refused while any member's data disk has less free space than
+    /// this, so no node's storage ever fails for lack of space.
+    #[serde(default = "defaults::disk_min_free_bytes")]
+    pub disk_min_free_bytes: u64,
     /// This node joins a running group: it never initializes a membership of its own and
     /// waits for the group's leader to add it (`rocketraft broker add`). `members` may then
     /// be empty.
@@ -101,6 +105,9 @@ mod defaults {
     }
     pub fn retention_check_interval_ms() -> u64 {
         10_000
+    }
+    pub fn disk_min_free_bytes() -> u64 {
+        256 << 20
     }
 }
 
@@ -157,6 +164,9 @@ pub struct BrokerArgs {
     pub http_listen: Option<SocketAddr>,
     #[arg(long, env = "ROCKETRAFT_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// Refuse new messages while a member's disk has less free space [default: 268435456].
+    #[arg(long, env = "ROCKETRAFT_DISK_MIN_FREE_BYTES")]
+    pub disk_min_free_bytes: Option<u64>,
     /// Join a running group instead of initializing one: wait to be added by its leader.
     #[arg(long, env = "ROCKETRAFT_JOIN")]
     pub join: bool,
@@ -206,6 +216,7 @@ struct FileConfig {
     http_listen: Option<SocketAddr>,
     join: Option<bool>,
     retention_check_interval_ms: Option<u64>,
+    disk_min_free_bytes: Option<u64>,
 }
 
 impl BrokerArgs {
@@ -317,6 +328,10 @@ impl BrokerArgs {
                 .retention_check_interval_ms
                 .or(file.retention_check_interval_ms)
                 .unwrap_or_else(defaults::retention_check_interval_ms),
+            disk_min_free_bytes: self
+                .disk_min_free_bytes
+                .or(file.disk_min_free_bytes)
+                .unwrap_or_else(defaults::disk_min_free_bytes),
             join: self.join || file.join.unwrap_or(false),
         };
         config.validate()?;

@@ -3,6 +3,7 @@
 //! - [`config`]: TOML file + `ROCKETRAFT_*` environment + flags -> [`config::BrokerConfig`].
 //! - [`node`]: the node's lifecycle (storage, Raft, gRPC server, bootstrap, shutdown).
 //! - [`admin`]: the internal `BrokerAdmin` gRPC service (status, topics, append, read).
+//! - [`disk`]: refusing new messages before any member's disk fills up.
 //! - [`membership`]: adding and removing nodes, handing leadership over.
 //! - [`proposer`]: proposing commands on the leader, or pointing at it for forwarding.
 //! - [`convert`]: wire types to domain types and back.
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod disk;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -98,6 +98,14 @@ impl BrokerNode {
             },
         );
         ctx.auto_create_topic_queues = config.auto_create_topic_queues;
+        let disk = Arc::new(crate::disk::DiskGuard::new(
+            config.node_id,
+            config.data_dir.clone(),
+            config.disk_min_free_bytes,
+        ));
+        // The first sample before serving, so a full disk is known from the first request.
+        disk.sample();
+        ctx.disk = Some(disk.clone());
         let ctx = Arc::new(ctx);
         // Background work every node runs: delivering due DELAY messages (the leader) and
         // checking unresolved transactions with connected producers.
@@ -128,7 +136,9 @@ impl BrokerNode {
             proposer: proposer.clone(),
             election_lease: Duration::from_millis(config.election_timeout_max_ms),
             hold_generation: Arc::default(),
+            disk: Some(disk.clone()),
         };
+        tokio::spawn(disk.run(raft.clone(), proposer.clone(), stop_background.subscribe()));
         let metrics = Arc::new(
             BrokerMetrics::new(
                 raft.clone(),

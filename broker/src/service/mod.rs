@@ -90,6 +90,8 @@ pub struct ServiceContext {
     pub next_transaction: AtomicU64,
     /// Open telemetry streams by client id.
     telemetry: Mutex<HashMap<String, Vec<TelemetryClient>>>,
+    /// Whether the group has room for new messages (none: no check).
+    pub disk: Option<Arc<crate::disk::DiskGuard>>,
 }
 
 impl ServiceContext {
@@ -113,11 +115,20 @@ impl ServiceContext {
             auto_create_topic_queues: 0,
             next_queue: AtomicU32::new(0),
             next_transaction: AtomicU64::new(0),
+            disk: None,
             telemetry: Mutex::new(HashMap::new()),
         }
     }
 
     /// Whether this node leads the group.
+    /// `Err(why)` when this node leads and the group has no room for new messages.
+    pub fn refuse_writes(&self) -> Result<(), String> {
+        match &self.disk {
+            Some(d) if self.is_leader() => d.writable(),
+            _ => Ok(()),
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();

@@ -249,6 +249,9 @@ pub async fn send_message(
             format!("topic {topic_name:?} does not exist"),
         ));
     };
+    if let Err(why) = ctx.refuse_writes() {
+        return refuse((pb::Code::InternalServerError, why));
+    }
     let now_ms = crate::admin::now_ms();
     let mut converted = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {

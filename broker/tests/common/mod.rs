@@ -74,6 +74,15 @@ impl Cluster {
     }
 
     pub fn start(size: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut cluster = Self::prepare(size, extra_args)?;
+        for id in 1..=size {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster's nodes, not started yet (to arrange their data dirs first).
+    pub fn prepare(size: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut nodes = BTreeMap::new();
         for id in 1..=size {
@@ -84,16 +93,12 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.addr))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
+        Ok(Self {
             dir,
             nodes,
             members,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        for id in 1..=size {
-            cluster.spawn(id)?;
-        }
-        Ok(cluster)
+        })
     }
 
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
