@@ -4,7 +4,10 @@
 //! - `/readyz`: 200 when the node can do its job, 503 with the reason when not (what "ready"
 //!   means is the server's [`Probe`]);
 //!
-//! and [`RpcTimingLayer`], which times every gRPC call the server answers by method.
+//! and [`RpcTimingLayer`], which times every gRPC call the server answers by method and runs
+//! it in a tracing span carrying the request id (`x-mq-request-id`, which official clients
+//! send and the forwarding path passes on), so one request's log lines on the follower and
+//! on the leader can be found together.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -156,7 +159,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let rpc = req
             .uri()
             .path()
@@ -164,24 +167,47 @@ where
             .next()
             .unwrap_or_default()
             .to_string();
+        // A request without an id gets one here, so that a follower forwarding it and the
+        // leader serving it log the same id.
+        let request_id = match req
+            .headers()
+            .get(crate::proposer::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) => id.to_string(),
+            None => {
+                let id = crate::proposer::new_request_id();
+                if let Ok(v) = http::HeaderValue::from_str(&id) {
+                    req.headers_mut().insert(crate::proposer::REQUEST_ID, v);
+                }
+                id
+            }
+        };
+        let span = tracing::debug_span!("rpc", rpc = %rpc, request_id = %request_id);
         let histogram = self.histogram.clone();
         let start = Instant::now();
-        let response = self.inner.call(req);
-        Box::pin(async move {
-            let response = response.await?;
-            // Unknown methods are not recorded: a client could otherwise mint label values
-            // without limit.
-            let unimplemented = response
-                .headers()
-                .get("grpc-status")
-                .is_some_and(|s| s == GRPC_UNIMPLEMENTED);
-            if !unimplemented {
-                histogram
-                    .with_label_values(&[rpc.as_str()])
-                    .observe(start.elapsed().as_secs_f64());
-            }
-            Ok(response)
-        })
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let response = response.await?;
+                // Unknown methods are not recorded: a client could otherwise mint label values
+                // without limit.
+                let unimplemented = response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|s| s == GRPC_UNIMPLEMENTED);
+                if !unimplemented {
+                    histogram
+                        .with_label_values(&[rpc.as_str()])
+                        .observe(start.elapsed().as_secs_f64());
+                }
+                Ok(response)
+            },
+            span,
+        ))
     }
 }
 

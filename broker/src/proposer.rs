@@ -36,11 +36,31 @@ pub fn with_client_headers<T>(client_metadata: &MetadataMap, msg: T) -> tonic::R
     req
 }
 
+/// The request id header: official clients (Python) send one; a request forwarded without
+/// one gets one, so the follower's and the leader's log lines of one request match.
+pub const REQUEST_ID: &str = "x-mq-request-id";
+
+/// A request id unique on this machine: `rr-<pid>-<sequence>`.
+pub fn new_request_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "rr-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// `msg` as a request to forward to the leader: the client's headers, marked as forwarded.
 pub fn forwarded_request<T>(client_metadata: &MetadataMap, msg: T) -> tonic::Request<T> {
     let mut req = with_client_headers(client_metadata, msg);
-    req.metadata_mut()
-        .insert(FORWARDED, MetadataValue::from_static("1"));
+    let md = req.metadata_mut();
+    md.insert(FORWARDED, MetadataValue::from_static("1"));
+    if !md.contains_key(REQUEST_ID)
+        && let Ok(v) = MetadataValue::try_from(new_request_id().as_str())
+    {
+        md.insert(REQUEST_ID, v);
+    }
+    tracing::debug!(request_id = ?md.get(REQUEST_ID), "forwarding to the leader");
     req
 }
 
