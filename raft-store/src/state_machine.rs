@@ -158,6 +158,12 @@ struct Inner {
     /// Serialises snapshot builds with installs: both replace the snapshot file.
     snapshot_lock: tokio::sync::Mutex<()>,
     counters: AppliedCounters,
+    /// Per pop key, an offset below which it has no in-flight entry: scans of the in-flight
+    /// table start there instead of walking the tombstones every ack leaves behind (they
+    /// stay until compaction, and made each pop slower the longer a group consumed). Only
+    /// the apply path raises it, from committed state; anything that could put an entry
+    /// below it lowers it first. Readers only use it.
+    inflight_floor: Mutex<HashMap<Vec<u8>, u64>>,
 }
 
 /// Messages this process applied since it started, for rate metrics. Every node of a group
@@ -254,6 +260,8 @@ impl Inner {
     }
 
     fn reload_caches(&self) -> Result<(), ReadError> {
+        // A loaded snapshot replaces the in-flight table.
+        self.inflight_floor.lock().expect("lock poisoned").clear();
         let mut topics = HashMap::new();
         for item in self.db.iterator_cf(self.cf(CF_TOPICS), IteratorMode::Start) {
             let (_, v) = item?;
@@ -415,6 +423,7 @@ impl StateMachineStore {
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
             counters: AppliedCounters::default(),
+            inflight_floor: Mutex::new(HashMap::new()),
         });
         if inner
             .db

@@ -196,9 +196,16 @@ impl Inner {
 
     fn inflight(&self, pop_key: &[u8]) -> Result<Vec<(u64, Inflight)>, ReadError> {
         let mut out = Vec::new();
+        let floor = self
+            .inflight_floor
+            .lock()
+            .expect("lock poisoned")
+            .get(pop_key)
+            .copied()
+            .unwrap_or(0);
         let iter = self.db.iterator_cf(
             self.cf(CF_INFLIGHT),
-            IteratorMode::From(pop_key, Direction::Forward),
+            IteratorMode::From(&inflight_key(pop_key, floor), Direction::Forward),
         );
         for item in iter {
             let (k, v) = item?;
@@ -210,6 +217,22 @@ impl Inner {
             out.push((u64::from_be_bytes(off), decode("inflight", &v)?));
         }
         Ok(out)
+    }
+
+    /// Apply path only: `pop_key` has no in-flight entry below `offset` in committed state,
+    /// and the command being applied adds none there.
+    fn raise_inflight_floor(&self, pop_key: &[u8], offset: u64) {
+        let mut floors = self.inflight_floor.lock().expect("lock poisoned");
+        let f = floors.entry(pop_key.to_vec()).or_insert(0);
+        *f = (*f).max(offset);
+    }
+
+    /// Entries may be added from `offset` on (a cursor moved back).
+    fn lower_inflight_floor(&self, pop_key: &[u8], offset: u64) {
+        let mut floors = self.inflight_floor.lock().expect("lock poisoned");
+        if let Some(f) = floors.get_mut(pop_key) {
+            *f = (*f).min(offset);
+        }
     }
 
     /// The first offset of a queue whose message was stored at or after `timestamp_ms`
@@ -366,6 +389,7 @@ impl StateMachineStore {
                                 .delete_cf(inner.cf(CF_INFLIGHT), inflight_key(&pk, off));
                         }
                         p.batch.put_cf(inner.cf(CF_POPS), &pk, offset.to_be_bytes());
+                        inner.lower_inflight_floor(&pk, offset);
                     }
                     p.batch.put_cf(
                         inner.cf(CF_OFFSETS),
@@ -694,6 +718,12 @@ impl StateMachineStore {
         }
         let mut cursor = inner.cursor(&pk, queue).map_err(read_err)?;
         let start = cursor;
+        // Committed entries start at the first one read; this pop adds entries from the
+        // cursor on.
+        inner.raise_inflight_floor(
+            &pk,
+            inflight.first().map_or(start, |(o, _)| (*o).min(start)),
+        );
         let matcher = &pop.matcher;
         let room = |out: &Vec<Popped>, inflight: usize| {
             out.len() < pop.max && inflight < INFLIGHT_PER_QUEUE_MAX
