@@ -156,7 +156,16 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
     );
     assert_eq!(found["messages"][0]["offset"], one["offset"], "{found}");
     assert_eq!(found["complete"], true);
-    let too_far = Command::new(env!("CARGO_BIN_EXE_rocketraft"))
+    // By store time: everything sent in the last 10 minutes, all 1000.
+    let recent = json(
+        &ns,
+        &[
+            "message", "get", "--topic", "Tour", "--since", "10m", "--max", "1000",
+        ],
+    )?;
+    assert_eq!(recent["messages"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(recent["complete"], true);
+    let too_many = Command::new(env!("CARGO_BIN_EXE_rocketraft"))
         .args([
             "--nameserver",
             &ns,
@@ -167,12 +176,12 @@ async fn the_playground_runs_the_whole_tour_and_restarts_on_its_data() -> anyhow
             "--id",
             id,
         ])
-        .args(["--scan-max", "2000000"])
+        .args(["--max", "5000"])
         .output()?;
-    let why = String::from_utf8_lossy(&too_far.stderr);
+    let why = String::from_utf8_lossy(&too_many.stderr);
     ensure!(
-        !too_far.status.success() && why.contains("scan_max_per_queue"),
-        "an oversized scan is refused naming the field: {why}"
+        !too_many.status.success() && why.contains("max is 5000; the limit is 1000"),
+        "an oversized lookup is refused naming the field: {why}"
     );
     cli(&ns, &["send", "TopicTest", "keyed", "--key", "order-42"])?;
     let by_key = json(
