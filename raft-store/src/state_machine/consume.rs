@@ -108,6 +108,14 @@ fn pop_key(group: &str, consumer: &str, topic: &str, queue_id: u32) -> Vec<u8> {
     k
 }
 
+/// The smallest key above every key that starts with `prefix` followed by an offset or
+/// queue-and-offset suffix (at most 12 bytes): an iterator's exclusive upper bound.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    end.extend_from_slice(&[0xff; 13]);
+    end
+}
+
 fn inflight_key(pop_key: &[u8], offset: u64) -> Vec<u8> {
     let mut k = pop_key.to_vec();
     k.extend_from_slice(&offset.to_be_bytes());
@@ -203,8 +211,14 @@ impl Inner {
             .get(pop_key)
             .copied()
             .unwrap_or(0);
-        let iter = self.db.iterator_cf(
+        // The bound matters as much as the floor: without it the iterator, having passed
+        // this key's entries, walks every tombstone after them (other queues' acked
+        // entries) looking for the next live key.
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(pop_key));
+        let iter = self.db.iterator_cf_opt(
             self.cf(CF_INFLIGHT),
+            opts,
             IteratorMode::From(&inflight_key(pop_key, floor), Direction::Forward),
         );
         for item in iter {
@@ -984,8 +998,11 @@ impl StateReader {
         max: usize,
     ) -> Result<Vec<StoredMessage>, ReadError> {
         let prefix = super::key_prefix(topic, key);
-        let iter = self.inner.db.iterator_cf(
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&prefix));
+        let iter = self.inner.db.iterator_cf_opt(
             self.inner.cf(CF_KEYS),
+            opts,
             IteratorMode::From(&prefix, Direction::Forward),
         );
         let mut out = Vec::new();
