@@ -715,3 +715,48 @@ async fn a_full_disk_on_any_member_refuses_writes_until_space_returns() -> anyho
     }
     Ok(())
 }
+
+/// Replacing a dead node: with node 3 killed for good, a new node 4 joins (the two live
+/// voters are a majority of the old and the new membership), node 3 is removed, and the
+/// group of 1, 2, 4 holds every message and survives losing another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_by_a_new_one() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3, &[])?;
+    let mut leader = cluster.wait_leader(LEADER_TIMEOUT).await?;
+    if leader == 3 {
+        via(&cluster, &[3])?.transfer_leader(1).await?;
+        leader = cluster.wait_leader(LEADER_TIMEOUT).await?;
+    }
+    cluster.create_topic(leader, "Replaced", 1).await?;
+    append_retrying(&cluster, "Replaced", 0, batch("x", 0, 100), LEADER_TIMEOUT).await?;
+    cluster.kill(3);
+
+    let addr4 = cluster.spawn_joining(4)?;
+    let added = via(&cluster, &[1, 2])?
+        .add(4, &addr4, false, Duration::from_secs(30))
+        .await?;
+    assert_eq!(added.voters, vec![1, 2, 3, 4]);
+    let removed = via(&cluster, &[1, 2])?.remove(3).await?;
+    assert_eq!(removed.voters, vec![1, 2, 4]);
+
+    // Lose another node: 2 of the 3 voters are left, still a majority.
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await?;
+    let other = [1, 2]
+        .into_iter()
+        .find(|id| *id != leader)
+        .context("a follower")?;
+    cluster.kill(other);
+    let sent =
+        append_retrying(&cluster, "Replaced", 0, batch("x", 100, 10), LEADER_TIMEOUT).await?;
+    for id in cluster.running() {
+        cluster
+            .wait_applied(id, sent.log_index, LEADER_TIMEOUT)
+            .await?;
+        let stored = cluster.read_queue(id, "Replaced", 0).await?;
+        let ids: Vec<String> = stored.into_iter().map(|m| m.message_id).collect();
+        let want: Vec<String> = (0..110).map(|i| format!("x-{i}")).collect();
+        assert_eq!(ids, want, "node {id}");
+    }
+    assert!(cluster.running().contains(&4));
+    Ok(())
+}
