@@ -134,13 +134,7 @@ impl DiskGuard {
                         );
                     }
                 }
-                let m = raft.metrics().borrow().clone();
-                let leader_addr = m
-                    .current_leader
-                    .filter(|l| *l != m.id)
-                    .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-                    .map(|n| n.addr);
-                if let Some(addr) = leader_addr
+                if let Some(addr) = crate::proposer::leader_addr_elsewhere(&raft)
                     && (low || was_low)
                     && let Ok(mut c) = proposer.client(&addr)
                 {

@@ -53,18 +53,12 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
 
 /// Where this node is not the leader: the leader's address, to forward to.
 pub fn leader_elsewhere(raft: &rocketraft_raft_store::Raft) -> Result<Option<String>, Status> {
-    let m = raft.metrics().borrow().clone();
-    if m.state == ServerState::Leader {
+    if raft.metrics().borrow().state == ServerState::Leader {
         return Ok(None);
     }
-    let leader = m
-        .current_leader
-        .ok_or_else(|| Status::unavailable("the group has no leader right now; retry"))?;
-    m.membership_config
-        .membership()
-        .get_node(&leader)
-        .map(|n| Some(n.addr.clone()))
-        .ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))
+    crate::proposer::leader_addr_elsewhere(raft)
+        .map(Some)
+        .ok_or_else(|| Status::unavailable("the group has no leader right now; retry"))
 }
 
 impl AdminService {

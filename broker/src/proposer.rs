@@ -40,6 +40,17 @@ pub fn with_client_headers<T>(client_metadata: &MetadataMap, msg: T) -> tonic::R
 /// one gets one, so the follower's and the leader's log lines of one request match.
 pub const REQUEST_ID: &str = "x-mq-request-id";
 
+/// The leader's address, when this node knows a leader and it is another node.
+pub fn leader_addr_elsewhere(raft: &Raft) -> Option<String> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let leader = m.current_leader.filter(|l| *l != m.id)?;
+    m.membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.addr.clone())
+}
+
 /// A request id unique on this machine: `rr-<pid>-<sequence>`.
 pub fn new_request_id() -> String {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -158,13 +158,7 @@ impl ServiceContext {
 
     /// The leader's address, when the leader is another node.
     pub fn leader_addr_if_elsewhere(&self) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.current_leader.filter(|l| *l != m.id)?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
+        proposer::leader_addr_elsewhere(&self.raft)
     }
 
     /// The leader's address when it is another node, waiting (bounded by the proposer's
