@@ -5,7 +5,8 @@
 //! - `route.rs`: routes from the nameservers (`GetRoutes`), refreshed periodically and after
 //!   failures; `conn.rs`: channels and the headers every call carries;
 //! - [`admin`]: the operator's view through a nameserver, used by the `rocketraft` CLI;
-//! - [`membership`]: a broker group's members and leader, through its nodes.
+//! - [`membership`]: a broker group's members and leader, through its nodes;
+//! - [`ports`]: free loopback ports for local clusters.
 //!
 //! Data-plane calls use the official `apache.rocketmq.v2` API, so producers and consumers
 //! also work against any broker that speaks it once routes are known. Examples are in
@@ -17,6 +18,7 @@ pub mod consumer;
 pub mod error;
 pub mod membership;
 pub mod message;
+pub mod ports;
 pub mod producer;
 pub mod pull;
 mod route;

@@ -31,10 +31,7 @@ use rocketraft_proto::rocketmq::v2;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    rocketraft_client::ports::free_loopback_port().expect("a free loopback port")
 }
 
 /// The broker binary, built by the same `cargo test --workspace` (it sits next to ours).

@@ -40,25 +40,9 @@ pub struct Cluster {
     extra_args: Vec<String>,
 }
 
-/// A free loopback port below Linux's ephemeral range (32768-60999), which the broker binds
-/// right after. A port taken from the ephemeral range (bind to port 0) can be handed, before
-/// the broker binds it, to an outgoing connection of another node starting up: that race
-/// made a node fail to start now and then.
+/// See `rocketraft_client::ports` for why not `bind(0)`.
 fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id()
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_add(seed);
-        let port = 20_000 + (n % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in 20000-31999")
+    rocketraft_client::ports::free_loopback_port().expect("a free loopback port")
 }
 
 impl Node {

@@ -10,10 +10,7 @@ use anyhow::{Context, ensure};
 use rocketraft_client::admin::{Admin, TopicSpec};
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    rocketraft_client::ports::free_loopback_port().expect("a free loopback port")
 }
 
 /// A sibling binary of the workspace (cargo test --workspace builds them all).
