@@ -188,6 +188,13 @@ impl Proposer {
             })?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))
+            // A partition drops packets silently, and the connection it cut would otherwise
+            // look alive until TCP's retransmission backoff ends, seconds after the network
+            // heals. A ping every second that must be answered within a second finds the dead
+            // connection, and the next request connects afresh.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
