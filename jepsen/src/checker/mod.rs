@@ -1,0 +1,24 @@
+//! Checkers: pure functions from a recorded history to a verdict with evidence.
+//!
+//! - [`log`]: the `log` workload (sends and polls on keyed queues), a port of the analyses
+//!   of Jepsen's Kafka workload plus checks that follow from dense queue offsets.
+
+use serde::{Deserialize, Serialize};
+
+pub mod log;
+
+/// A checker's verdict. The order matters: combining verdicts takes the maximum, so one
+/// `Fail` fails the run and `Unknown` (not enough evidence) is never mistaken for `Pass`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Validity {
+    Pass,
+    Unknown,
+    Fail,
+}
+
+impl Validity {
+    pub fn combine(self, other: Validity) -> Validity {
+        self.max(other)
+    }
+}
