@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing rocketraft needs beyond a Rust toolchain:
 # - clang and libclang, for RocksDB's bindgen and C++ build;
-# - a virtualenv with the official RocketMQ 5 Python client, for the interop tests.
+# - a virtualenv with the official RocketMQ 5 Python client, for the interop tests;
+# - iproute2 and nftables, for the jepsen harness's network namespaces and partitions, and
+#   fonts-dejavu-core, the font of its plots.
 # Safe to run again; installs only what is missing.
 set -euo pipefail
 
@@ -18,7 +20,7 @@ apt_install() {
 }
 
 need=()
-for pkg in clang libclang-dev python3 python3-venv; do
+for pkg in clang libclang-dev python3 python3-venv iproute2 nftables fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"

@@ -1,0 +1,22 @@
+//! rocketraft's Jepsen-style harness: it runs a real broker group under faults, records
+//! every client operation, and checks the history against what rocketraft promises.
+//!
+//! - [`netns`]: a private network per run (a namespace per node, `nft` partitions);
+//! - [`cluster`]: the broker nodes in it, started, killed, paused by PID;
+//! - [`nemesis`]: the seeded fault schedule;
+//! - [`workload`]: the log workload's clients (official v2 API) and final reads;
+//! - [`history`]: the JSON-lines history of operations;
+//! - [`checker`]: the analyses (the log checker, a port of Jepsen's Kafka workload);
+//! - [`plot`]: throughput and latency over time, fault windows shaded (PNG);
+//! - [`run`]: one run from start to verdict, and its directory of results.
+//!
+//! See `docs/jepsen.md`.
+
+pub mod checker;
+pub mod cluster;
+pub mod history;
+pub mod nemesis;
+pub mod netns;
+pub mod plot;
+pub mod run;
+pub mod workload;

@@ -1,0 +1,427 @@
+//! One run: start a cluster in its own network, run the workload under the nemesis, heal,
+//! restart everything, wait, read everything back, check, and write the run directory:
+//! `history.jsonl`, `nemesis.jsonl`, `leaders.jsonl`, `n<id>/broker.log`, `results.json`,
+//! `summary.md`, `throughput.png`, `latency.png`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::checker::Validity;
+use crate::checker::log::{LogCheckOptions, LogReport};
+use crate::cluster::{Cluster, agreed_leader};
+use crate::history::{F, HistoryWriter, Key, Mop, OpType};
+use crate::nemesis::{FaultKind, Nemesis, Window};
+use crate::workload::{self, Clients, Ids, LogOptions};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub name: String,
+    pub nodes: usize,
+    pub faults: Vec<FaultKind>,
+    pub time_limit: Duration,
+    pub seed: u64,
+    /// The run's directory is `<out>/<name>-<seed>`.
+    pub out: PathBuf,
+    pub broker_bin: PathBuf,
+    pub log: LogOptions,
+    /// Calm time after healing and restarting, before the final reads.
+    pub quiet: Duration,
+    pub min_ok_sends: usize,
+    pub min_ok_polls: usize,
+    /// The command line that reproduces this run, for the report.
+    pub command: String,
+}
+
+/// A leader as the monitor saw it change.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderChange {
+    pub time_ns: u64,
+    pub leader: Option<u64>,
+    pub term: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub name: String,
+    pub valid: Validity,
+    pub seed: u64,
+    pub command: String,
+    pub nodes: usize,
+    pub faults: Vec<FaultKind>,
+    pub time_limit_s: f64,
+    pub unknown_reasons: Vec<String>,
+    pub failures: Vec<String>,
+    pub fault_windows: Vec<Window>,
+    pub nemesis_errors: Vec<String>,
+    /// Distinct (leader, term) pairs seen after the first.
+    pub leader_changes: usize,
+    /// Keys where some node's queue differs from the others after quiescence.
+    pub replica_divergence: Vec<String>,
+    /// Keys where no send succeeded within the liveness deadline after healing.
+    pub not_live: Vec<Key>,
+    /// Keys the final reads could not finish.
+    pub drain_unfinished: Vec<Key>,
+    pub log: LogReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plot_error: Option<String>,
+    pub dir: PathBuf,
+}
+
+pub async fn run(opts: &RunOptions) -> Result<Results> {
+    let dir = opts.out.join(format!("{}-{}", opts.name, opts.seed));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut cluster = Cluster::start(opts.nodes, &opts.broker_bin, &dir)?;
+    let outcome = run_in(opts, &dir, &mut cluster).await;
+    cluster.stop_all();
+    let results = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let tail = cluster.logs_tail(20);
+            let _ = std::fs::write(dir.join("error.txt"), format!("{e:#}\n\n{tail}"));
+            return Err(e.context(format!("run {} (logs in {})", opts.name, dir.display())));
+        }
+    };
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(dir.join("summary.md"), summary(&results))?;
+    Ok(results)
+}
+
+async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<Results> {
+    cluster.wait_leader(Duration::from_secs(30)).await?;
+    for key in 0..opts.log.keys {
+        cluster.create_topic(&workload::topic(key), 1).await?;
+    }
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+
+    let history = Arc::new(HistoryWriter::create(dir.join("history.jsonl"))?);
+    // Every log of the run (history, nemesis, leaders) counts time from here.
+    let start = history.start();
+    let ids = Arc::new(Ids::new());
+    let clients = Clients::new(cluster.addrs(), opts.log.op_timeout)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let monitor = tokio::spawn(monitor(
+        cluster.addrs(),
+        File::create(dir.join("leaders.jsonl"))?,
+        start,
+        stop_rx.clone(),
+    ));
+    let load = {
+        let (log, clients, history, ids, seed) = (
+            opts.log.clone(),
+            clients.clone(),
+            history.clone(),
+            ids.clone(),
+            opts.seed,
+        );
+        let stop = stop_rx.clone();
+        tokio::spawn(async move { workload::run(&log, &clients, &history, &ids, seed, stop).await })
+    };
+
+    let mut nemesis = Nemesis::new(
+        opts.seed,
+        opts.faults.clone(),
+        File::create(dir.join("nemesis.jsonl"))?,
+        start,
+    );
+    nemesis.run(cluster, Instant::now() + opts.time_limit).await;
+
+    // Heal everything and let the group settle while the clients keep going, then stop
+    // them: the clients see the recovery too.
+    cluster.net.heal()?;
+    cluster.restore_all()?;
+    let _ = stop_tx.send(true);
+    let _ = load.await;
+    cluster
+        .wait_leader(Duration::from_secs(60))
+        .await
+        .context("after healing")?;
+    tokio::time::sleep(opts.quiet).await;
+
+    let not_live = liveness(opts, &clients, &history, &ids).await;
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let drain_unfinished = workload::drain(
+        &opts.log,
+        &clients,
+        &history,
+        &ids,
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await;
+    history.flush()?;
+    let replica_divergence = replicas(opts, cluster).await?;
+    let leader_changes = monitor.await.unwrap_or(0);
+
+    let ops = history.ops();
+    // A plot that cannot be drawn (no font installed) costs the picture, not the verdict.
+    let plot_error = crate::plot::plot_run(dir, &ops, &nemesis.windows)
+        .err()
+        .map(|e| format!("{e:#}"));
+    let log = crate::checker::log::check(
+        &ops,
+        &LogCheckOptions {
+            min_ok_sends: opts.min_ok_sends,
+            min_ok_polls: opts.min_ok_polls,
+        },
+    );
+
+    let mut failures = Vec::new();
+    let mut unknown_reasons = log.unknown_reasons.clone();
+    if log.valid == Validity::Fail {
+        failures.push(format!(
+            "log checker: {}",
+            log.error_counts
+                .iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !replica_divergence.is_empty() {
+        failures.push(format!(
+            "replicas differ: {}",
+            replica_divergence.join("; ")
+        ));
+    }
+    if !not_live.is_empty() {
+        failures.push(format!(
+            "no send succeeded after healing on keys {not_live:?}"
+        ));
+    }
+    if !drain_unfinished.is_empty() {
+        unknown_reasons.push(format!(
+            "final reads did not finish for keys {drain_unfinished:?}"
+        ));
+    }
+    if !opts.faults.is_empty() {
+        if nemesis.windows.is_empty() {
+            unknown_reasons.push("no fault was applied".into());
+        }
+        if !nemesis.errors.is_empty() {
+            unknown_reasons.push(format!("{} faults failed to apply", nemesis.errors.len()));
+        }
+        if leader_changes == 0 {
+            unknown_reasons.push("faults ran but the leader never changed".into());
+        }
+    }
+    let valid = if !failures.is_empty() {
+        Validity::Fail
+    } else if !unknown_reasons.is_empty() {
+        Validity::Unknown
+    } else {
+        Validity::Pass
+    };
+    Ok(Results {
+        name: opts.name.clone(),
+        valid,
+        seed: opts.seed,
+        command: opts.command.clone(),
+        nodes: opts.nodes,
+        faults: opts.faults.clone(),
+        time_limit_s: opts.time_limit.as_secs_f64(),
+        unknown_reasons,
+        failures,
+        fault_windows: nemesis.windows.clone(),
+        nemesis_errors: nemesis.errors.clone(),
+        leader_changes,
+        replica_divergence,
+        not_live,
+        drain_unfinished,
+        log,
+        plot_error,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Records every change of the agreed leader until `stop`, then returns how many times it
+/// changed after the first one seen.
+async fn monitor(
+    addrs: Vec<String>,
+    mut out: File,
+    start: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> usize {
+    let mut last: Option<Option<(u64, u64)>> = None;
+    let mut seen = Vec::new();
+    loop {
+        let now = agreed_leader(&addrs).await;
+        if last != Some(now) {
+            let change = LeaderChange {
+                time_ns: start.elapsed().as_nanos() as u64,
+                leader: now.map(|l| l.0),
+                term: now.map(|l| l.1),
+            };
+            if let Ok(line) = serde_json::to_string(&change) {
+                let _ = writeln!(out, "{line}");
+            }
+            if let Some(l) = now
+                && !seen.contains(&l)
+            {
+                seen.push(l);
+            }
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => if *stop.borrow() { break },
+        }
+    }
+    seen.len().saturating_sub(1)
+}
+
+/// After healing, every key must take a send again within 30 s.
+async fn liveness(
+    opts: &RunOptions,
+    clients: &Clients,
+    history: &Arc<HistoryWriter>,
+    ids: &Ids,
+) -> Vec<Key> {
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for key in 0..opts.log.keys {
+        let mut ok = false;
+        let mut node = 0;
+        while !ok && Instant::now() < deadline {
+            let process = ids.process();
+            let value = ids.value();
+            let inv = history.invoke(
+                process,
+                F::Send,
+                vec![Mop::Send {
+                    key,
+                    value,
+                    offset: None,
+                }],
+                Vec::new(),
+            );
+            let addr = Some(clients.addrs[node].clone());
+            match clients.send(node, key, value).await {
+                Ok(offset) => {
+                    let done = vec![Mop::Send {
+                        key,
+                        value,
+                        offset: Some(offset),
+                    }];
+                    history.complete(&inv, OpType::Ok, done, addr, None);
+                    ok = true;
+                }
+                Err(e) => {
+                    let (kind, error) = e.outcome();
+                    history.complete(&inv, kind, inv.value.clone(), addr, Some(error));
+                    node = (node + 1) % clients.addrs.len();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if !ok {
+            dead.push(key);
+        }
+    }
+    dead
+}
+
+/// After quiescence every node must hold the same messages at the same offsets (Raft's
+/// log matching, seen through each node's own applied state).
+async fn replicas(opts: &RunOptions, cluster: &Cluster) -> Result<Vec<String>> {
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let mut diverged = Vec::new();
+    for key in 0..opts.log.keys {
+        let topic = workload::topic(key);
+        let mut views: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        for id in cluster.ids() {
+            let msgs = cluster.read_queue(id, &topic, 0).await?;
+            views.insert(
+                id,
+                msgs.into_iter()
+                    .map(|m| (m.offset, m.body.to_vec()))
+                    .collect(),
+            );
+        }
+        let mut it = views.iter();
+        if let Some((first_id, first)) = it.next() {
+            for (id, view) in it {
+                if view != first {
+                    let at = first
+                        .iter()
+                        .zip(view.iter())
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(first.len().min(view.len()));
+                    diverged.push(format!(
+                        "key {key}: node {first_id} has {} messages, node {id} has {}, first difference at position {at}",
+                        first.len(),
+                        view.len()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(diverged)
+}
+
+/// The run's verdict for a reader.
+pub fn summary(r: &Results) -> String {
+    let mut s = format!(
+        "# {}: {}\n\n- seed {}; {} nodes; faults {:?}; {} s\n- reproduce: `{}`\n",
+        r.name,
+        match r.valid {
+            Validity::Pass => "PASS",
+            Validity::Fail => "FAIL",
+            Validity::Unknown => "UNKNOWN",
+        },
+        r.seed,
+        r.nodes,
+        r.faults,
+        r.time_limit_s,
+        r.command
+    );
+    let st = &r.log.stats;
+    s += &format!(
+        "- operations: {} ok sends, {} unknown, {} failed; {} ok polls\n",
+        st.send_ok, st.send_info, st.send_fail, st.poll_ok
+    );
+    s += &format!(
+        "- faults applied: {}; leader changes seen: {}\n",
+        r.fault_windows.len(),
+        r.leader_changes
+    );
+    for w in &r.fault_windows {
+        s += &format!(
+            "  - {:.1}-{:.1} s: {:?} {} on {:?}\n",
+            w.start_ns as f64 / 1e9,
+            w.end_ns as f64 / 1e9,
+            w.fault.kind,
+            w.fault.shape,
+            w.fault.nodes
+        );
+    }
+    for f in &r.failures {
+        s += &format!("- FAILURE: {f}\n");
+    }
+    for u in &r.unknown_reasons {
+        s += &format!("- unknown: {u}\n");
+    }
+    if let Some(e) = &r.plot_error {
+        s += &format!("- no plots: {e}\n");
+    }
+    for (class, examples) in &r.log.errors {
+        s += &format!("\n## {class}\n\n");
+        for e in examples.iter().take(5) {
+            s += &format!("- `{e}`\n");
+        }
+    }
+    s
+}

@@ -1,0 +1,509 @@
+//! The `log` workload (a port of Jepsen's Kafka queue workload): unique values are sent to
+//! keys, and pollers read keys back by explicit offset, all through the public
+//! `apache.rocketmq.v2` API on random nodes (so followers forward and relay too).
+//!
+//! A key is a topic with one queue: a send names its key by topic, and the send result's
+//! offset is then that key's offset.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rocketraft_proto::rocketmq::v2 as pb;
+use rocketraft_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::history::{F, HistoryWriter, Key, Mop, Op, OpType, Value};
+
+/// The consumer group the pollers name; pull reads do not move its offsets.
+const GROUP: &str = "jepsen";
+
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub keys: u32,
+    pub senders: usize,
+    pub pollers: usize,
+    /// Operations per second, over all clients.
+    pub rate: f64,
+    /// A client gives up on an operation after this long (the outcome is then unknown).
+    pub op_timeout: Duration,
+    pub poll_batch: u32,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            keys: 4,
+            senders: 4,
+            pollers: 4,
+            rate: 100.0,
+            op_timeout: Duration::from_secs(3),
+            poll_batch: 32,
+        }
+    }
+}
+
+pub fn topic(key: Key) -> String {
+    format!("jepsen-log-{key}")
+}
+
+/// Clients of the workload: one lazily connected channel per node, shared by all.
+#[derive(Clone)]
+pub struct Clients {
+    pub addrs: Vec<String>,
+    channels: Vec<Channel>,
+    timeout: Duration,
+}
+
+impl Clients {
+    pub fn new(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Self> {
+        let channels = addrs
+            .iter()
+            .map(|a| {
+                Ok(Endpoint::from_shared(format!("http://{a}"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(timeout)
+                    .connect_lazy())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            addrs,
+            channels,
+            timeout,
+        })
+    }
+
+    fn client(&self, node: usize) -> MessagingServiceClient<Channel> {
+        MessagingServiceClient::new(self.channels[node].clone())
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.timeout);
+        for (k, v) in [
+            ("x-mq-client-id", "rocketraft-jepsen"),
+            ("x-mq-language", "RUST"),
+            ("x-mq-protocol", "v2"),
+        ] {
+            if let Ok(v) = v.parse() {
+                req.metadata_mut().insert(k, v);
+            }
+        }
+        req
+    }
+
+    /// Sends `value` to `key` through node `node`; the stored offset, or why not.
+    pub async fn send(&self, node: usize, key: Key, value: Value) -> Result<u64, SendError> {
+        let body = value.to_string().into_bytes();
+        let message = pb::Message {
+            topic: Some(resource(&topic(key))),
+            user_properties: Default::default(),
+            system_properties: Some(pb::SystemProperties {
+                message_id: format!("J{value:016X}"),
+                body_encoding: pb::Encoding::Identity as i32,
+                message_type: pb::MessageType::Normal as i32,
+                body_digest: Some(pb::Digest {
+                    r#type: pb::DigestType::Crc32 as i32,
+                    checksum: format!("{:08X}", crc32fast::hash(&body)),
+                }),
+                born_host: "jepsen".into(),
+                ..Default::default()
+            }),
+            body: body.into(),
+        };
+        let resp = self
+            .client(node)
+            .send_message(self.request(pb::SendMessageRequest {
+                messages: vec![message],
+            }))
+            .await
+            .map_err(|s| {
+                let text = format!("{:?}: {}", s.code(), s.message());
+                // No connection, so no request: the one error that proves nothing was sent.
+                if s.code() == tonic::Code::Unavailable && s.message().contains("connect error") {
+                    SendError::NotSent(text)
+                } else {
+                    SendError::Unknown(text)
+                }
+            })?
+            .into_inner();
+        let entry = resp.entries.first();
+        let status = entry
+            .and_then(|e| e.status.as_ref())
+            .or(resp.status.as_ref());
+        // Refusals are still unknown: a follower may answer for a forward whose entry the
+        // leader had already appended when the forward broke off.
+        match status {
+            Some(s) if s.code == pb::Code::Ok as i32 => entry
+                .map(|e| e.offset as u64)
+                .ok_or_else(|| SendError::Unknown("OK without an entry".into())),
+            Some(s) => Err(SendError::Unknown(format!(
+                "{}: {}",
+                code_name(s.code),
+                s.message
+            ))),
+            None => Err(SendError::Unknown("no status".into())),
+        }
+    }
+
+    /// Up to `max` (offset, value) pairs of `key` from `offset`, as node `node` has them.
+    pub async fn pull(
+        &self,
+        node: usize,
+        key: Key,
+        offset: u64,
+        max: u32,
+    ) -> Result<Vec<(u64, Value)>, String> {
+        use tokio_stream::StreamExt;
+        let req = pb::PullMessageRequest {
+            group: Some(resource(GROUP)),
+            message_queue: Some(pb::MessageQueue {
+                topic: Some(resource(&topic(key))),
+                id: 0,
+                ..Default::default()
+            }),
+            offset: offset as i64,
+            batch_size: max as i32,
+            filter_expression: None,
+            long_polling_timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+        };
+        let mut stream = self
+            .client(node)
+            .pull_message(self.request(req))
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let (mut reads, mut status) = (Vec::new(), None);
+        while let Some(frame) = stream.next().await {
+            let frame = frame.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            match frame.content {
+                Some(pb::pull_message_response::Content::Message(m)) => {
+                    let offset = m
+                        .system_properties
+                        .as_ref()
+                        .and_then(|p| p.queue_offset)
+                        .ok_or("a message without a queue offset")?;
+                    let value = std::str::from_utf8(&m.body)
+                        .ok()
+                        .and_then(|s| s.parse::<Value>().ok())
+                        .ok_or_else(|| format!("offset {offset}: body is not a value"))?;
+                    reads.push((offset as u64, value));
+                }
+                Some(pb::pull_message_response::Content::Status(s)) => status = Some(s),
+                _ => {}
+            }
+        }
+        match status {
+            Some(s)
+                if s.code == pb::Code::Ok as i32 || s.code == pb::Code::MessageNotFound as i32 =>
+            {
+                Ok(reads)
+            }
+            Some(s) => Err(format!("{}: {}", code_name(s.code), s.message)),
+            None if !reads.is_empty() => Ok(reads),
+            None => Err("no status".into()),
+        }
+    }
+}
+
+/// Why a send has no offset.
+#[derive(Debug, Clone)]
+pub enum SendError {
+    /// Certainly not stored: the request never left (a failed history op).
+    NotSent(String),
+    /// Perhaps stored (an info op).
+    Unknown(String),
+}
+
+impl SendError {
+    /// The history's view of it: a definite failure or an unknown outcome.
+    pub fn outcome(&self) -> (OpType, String) {
+        match self {
+            Self::NotSent(e) => (OpType::Fail, e.clone()),
+            Self::Unknown(e) => (OpType::Info, e.clone()),
+        }
+    }
+}
+
+fn resource(name: &str) -> pb::Resource {
+    pb::Resource {
+        resource_namespace: String::new(),
+        name: name.into(),
+    }
+}
+
+fn code_name(code: i32) -> String {
+    pb::Code::try_from(code).map_or_else(|_| format!("code {code}"), |c| format!("{c:?}"))
+}
+
+/// Shared by the workload's tasks: fresh process ids and unique values.
+pub struct Ids {
+    process: AtomicU64,
+    value: AtomicU64,
+}
+
+impl Ids {
+    pub fn new() -> Self {
+        Self {
+            process: AtomicU64::new(0),
+            value: AtomicU64::new(1),
+        }
+    }
+    pub fn process(&self) -> u64 {
+        self.process.fetch_add(1, Ordering::Relaxed)
+    }
+    pub fn value(&self) -> Value {
+        self.value.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs senders and pollers until `stop` turns true. Every operation goes to the history.
+pub async fn run(
+    opts: &LogOptions,
+    clients: &Clients,
+    history: &Arc<HistoryWriter>,
+    ids: &Arc<Ids>,
+    seed: u64,
+    stop: watch::Receiver<bool>,
+) {
+    let workers = (opts.senders + opts.pollers).max(1);
+    // Each worker paces itself so that all together make about `rate` ops/s.
+    let interval = Duration::from_secs_f64(workers as f64 / opts.rate.max(0.1));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (opts, clients, history, ids) =
+            (opts.clone(), clients.clone(), history.clone(), ids.clone());
+        let mut stop = stop.clone();
+        let rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64 * 7919));
+        tasks.push(tokio::spawn(async move {
+            let mut worker = Worker {
+                opts,
+                clients,
+                history,
+                ids,
+                rng,
+                positions: BTreeMap::new(),
+            };
+            let sender = w < worker.opts.senders;
+            let mut process = worker.ids.process();
+            if !sender {
+                worker.assign(process);
+            }
+            while !*stop.borrow() {
+                let jitter = worker.rng.random_range(0.5..1.5);
+                tokio::select! {
+                    _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+                    _ = stop.changed() => break,
+                }
+                if sender {
+                    if !worker.send(process).await {
+                        // An unknown outcome ends the process (Jepsen semantics).
+                        process = worker.ids.process();
+                    }
+                } else if worker.rng.random_ratio(1, 16) {
+                    worker.assign(process);
+                } else {
+                    worker.poll(process).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+struct Worker {
+    opts: LogOptions,
+    clients: Clients,
+    history: Arc<HistoryWriter>,
+    ids: Arc<Ids>,
+    rng: StdRng,
+    /// A poller's assigned keys and the offset it reads each from next.
+    positions: BTreeMap<Key, u64>,
+}
+
+impl Worker {
+    fn node(&mut self) -> usize {
+        self.rng.random_range(0..self.clients.addrs.len())
+    }
+
+    /// Returns false when the outcome is unknown (the process must end).
+    async fn send(&mut self, process: u64) -> bool {
+        let key = self.rng.random_range(0..self.opts.keys);
+        let value = self.ids.value();
+        let node = self.node();
+        let inv = self.history.invoke(
+            process,
+            F::Send,
+            vec![Mop::Send {
+                key,
+                value,
+                offset: None,
+            }],
+            Vec::new(),
+        );
+        let result = self.clients.send(node, key, value).await;
+        let addr = Some(self.clients.addrs[node].clone());
+        match result {
+            Ok(offset) => {
+                let done = vec![Mop::Send {
+                    key,
+                    value,
+                    offset: Some(offset),
+                }];
+                self.history.complete(&inv, OpType::Ok, done, addr, None);
+                true
+            }
+            Err(e) => {
+                let (kind, error) = e.outcome();
+                self.history
+                    .complete(&inv, kind, inv.value.clone(), addr, Some(error));
+                kind == OpType::Fail
+            }
+        }
+    }
+
+    /// Picks a new set of keys; a key newly assigned is read from offset 0 again.
+    fn assign(&mut self, process: u64) {
+        let all: Vec<Key> = (0..self.opts.keys).collect();
+        let count = self.rng.random_range(1..=all.len());
+        let mut keys: Vec<Key> = all.choose_multiple(&mut self.rng, count).copied().collect();
+        keys.sort();
+        self.positions.retain(|k, _| keys.contains(k));
+        for k in &keys {
+            self.positions.entry(*k).or_insert(0);
+        }
+        let inv = self
+            .history
+            .invoke(process, F::Assign, Vec::new(), keys.clone());
+        self.history
+            .complete(&inv, OpType::Ok, Vec::new(), None, None);
+    }
+
+    async fn poll(&mut self, process: u64) {
+        let keys: Vec<Key> = self.positions.keys().copied().collect();
+        let Some(&key) = keys.choose(&mut self.rng) else {
+            return;
+        };
+        let offset = self.positions[&key];
+        let node = self.node();
+        let empty = vec![Mop::Poll {
+            key,
+            reads: Vec::new(),
+        }];
+        let inv = self.history.invoke(process, F::Poll, empty, Vec::new());
+        let result = self
+            .clients
+            .pull(node, key, offset, self.opts.poll_batch)
+            .await;
+        let addr = Some(self.clients.addrs[node].clone());
+        match result {
+            Ok(reads) => {
+                if let Some((last, _)) = reads.last() {
+                    self.positions.insert(key, last + 1);
+                }
+                let done = vec![Mop::Poll { key, reads }];
+                self.history.complete(&inv, OpType::Ok, done, addr, None);
+            }
+            // A read that failed changed nothing: a definite failure.
+            Err(e) => {
+                self.history
+                    .complete(&inv, OpType::Fail, inv.value.clone(), addr, Some(e));
+            }
+        }
+    }
+}
+
+/// The highest acknowledged offset per key, from the history so far.
+pub fn max_acked(ops: &[Op]) -> BTreeMap<Key, u64> {
+    let mut max = BTreeMap::new();
+    for op in ops.iter().filter(|o| o.kind == OpType::Ok) {
+        for m in &op.value {
+            if let Mop::Send {
+                key,
+                offset: Some(o),
+                ..
+            } = m
+            {
+                let e = max.entry(*key).or_insert(*o);
+                *e = (*e).max(*o);
+            }
+        }
+    }
+    max
+}
+
+/// Final reads: for each key, a fresh process reads from offset 0 until it has read past
+/// the highest acknowledged offset and then finds nothing more, trying each node in turn
+/// on errors. Returns the keys it could not finish before `deadline`.
+pub async fn drain(
+    opts: &LogOptions,
+    clients: &Clients,
+    history: &Arc<HistoryWriter>,
+    ids: &Ids,
+    deadline: Instant,
+) -> Vec<Key> {
+    let acked = max_acked(&history.ops());
+    let mut unfinished = Vec::new();
+    for key in 0..opts.keys {
+        let process = ids.process();
+        let mut offset = 0u64;
+        let mut node = key as usize % clients.addrs.len();
+        let target = acked.get(&key).map_or(0, |o| o + 1);
+        let mut done = false;
+        while Instant::now() < deadline {
+            let inv = history.invoke(
+                process,
+                F::Drain,
+                vec![Mop::Poll {
+                    key,
+                    reads: Vec::new(),
+                }],
+                Vec::new(),
+            );
+            let addr = Some(clients.addrs[node].clone());
+            match clients.pull(node, key, offset, 256).await {
+                Ok(reads) => {
+                    let empty = reads.is_empty();
+                    if let Some((last, _)) = reads.last() {
+                        offset = last + 1;
+                    }
+                    history.complete(&inv, OpType::Ok, vec![Mop::Poll { key, reads }], addr, None);
+                    if empty && offset >= target {
+                        done = true;
+                        break;
+                    }
+                    if empty {
+                        // This node has not applied everything acknowledged: try another.
+                        node = (node + 1) % clients.addrs.len();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Err(e) => {
+                    history.complete(&inv, OpType::Fail, inv.value.clone(), addr, Some(e));
+                    node = (node + 1) % clients.addrs.len();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        if !done {
+            unfinished.push(key);
+        }
+    }
+    unfinished
+}
