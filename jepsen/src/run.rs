@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::checker::Validity;
 use crate::checker::log::{LogCheckOptions, LogReport};
 use crate::cluster::{Cluster, agreed_leader};
-use crate::history::{F, HistoryWriter, Key, Mop, OpType};
+use crate::history::{HistoryWriter, Key, OpType};
 use crate::nemesis::{FaultKind, Nemesis, Window};
 use crate::workload::{self, Clients, Ids, LogOptions};
 
@@ -298,33 +298,12 @@ async fn liveness(
         while !ok && Instant::now() < deadline {
             let process = ids.process();
             let value = ids.value();
-            let inv = history.invoke(
-                process,
-                F::Send,
-                vec![Mop::Send {
-                    key,
-                    value,
-                    offset: None,
-                }],
-                Vec::new(),
-            );
-            let addr = Some(clients.addrs[node].clone());
-            match clients.send(node, key, value).await {
-                Ok(offset) => {
-                    let done = vec![Mop::Send {
-                        key,
-                        value,
-                        offset: Some(offset),
-                    }];
-                    history.complete(&inv, OpType::Ok, done, addr, None);
-                    ok = true;
-                }
-                Err(e) => {
-                    let (kind, error) = e.outcome();
-                    history.complete(&inv, kind, inv.value.clone(), addr, Some(error));
-                    node = (node + 1) % clients.addrs.len();
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+            let outcome =
+                workload::recorded_send(clients, history, process, node, key, value).await;
+            ok = outcome == OpType::Ok;
+            if !ok {
+                node = (node + 1) % clients.addrs.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
         if !ok {

@@ -347,35 +347,9 @@ impl Worker {
         let key = self.rng.random_range(0..self.opts.keys);
         let value = self.ids.value();
         let node = self.node();
-        let inv = self.history.invoke(
-            process,
-            F::Send,
-            vec![Mop::Send {
-                key,
-                value,
-                offset: None,
-            }],
-            Vec::new(),
-        );
-        let result = self.clients.send(node, key, value).await;
-        let addr = Some(self.clients.addrs[node].clone());
-        match result {
-            Ok(offset) => {
-                let done = vec![Mop::Send {
-                    key,
-                    value,
-                    offset: Some(offset),
-                }];
-                self.history.complete(&inv, OpType::Ok, done, addr, None);
-                true
-            }
-            Err(e) => {
-                let (kind, error) = e.outcome();
-                self.history
-                    .complete(&inv, kind, inv.value.clone(), addr, Some(error));
-                kind == OpType::Fail
-            }
-        }
+        let outcome = recorded_send(&self.clients, &self.history, process, node, key, value).await;
+        // An unknown outcome ends the process; a definite failure does not.
+        outcome != OpType::Info
     }
 
     /// Picks a new set of keys; a key newly assigned is read from offset 0 again.
@@ -425,6 +399,33 @@ impl Worker {
                 self.history
                     .complete(&inv, OpType::Fail, inv.value.clone(), addr, Some(e));
             }
+        }
+    }
+}
+
+/// Sends `value` to `key` through node `node` as one history op of `process`; returns the
+/// op's outcome (ok, fail or info).
+pub async fn recorded_send(
+    clients: &Clients,
+    history: &HistoryWriter,
+    process: u64,
+    node: usize,
+    key: Key,
+    value: Value,
+) -> OpType {
+    let sent = |offset| vec![Mop::Send { key, value, offset }];
+    let inv = history.invoke(process, F::Send, sent(None), Vec::new());
+    let result = clients.send(node, key, value).await;
+    let addr = Some(clients.addrs[node].clone());
+    match result {
+        Ok(offset) => {
+            history.complete(&inv, OpType::Ok, sent(Some(offset)), addr, None);
+            OpType::Ok
+        }
+        Err(e) => {
+            let (kind, error) = e.outcome();
+            history.complete(&inv, kind, sent(None), addr, Some(error));
+            kind
         }
     }
 }
