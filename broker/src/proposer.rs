@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use openraft::error::{ClientWriteError, Fatal, RaftError};
 use rocketraft_proto::admin::broker_admin_client::BrokerAdminClient;
-use rocketraft_raft_store::{Command, CommandResult, Raft};
-use tokio::sync::Semaphore;
+use rocketraft_raft_store::{Command, CommandResult, NodeId, Raft, Rejection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::metadata::{KeyAndValueRef, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -78,6 +79,31 @@ pub fn forwarded_request<T>(client_metadata: &MetadataMap, msg: T) -> tonic::Req
 /// Proposals waiting for commit at once; beyond this, callers wait for a slot.
 const PROPOSALS_IN_FLIGHT_MAX: usize = 8192;
 
+/// Coalesced entries being written (appended, replicated, applied) at once. While they are
+/// all under way, new proposals queue up and then go out together as one entry: the time
+/// the previous entries take is the batching window, so a lone proposal never waits for a
+/// timer, and under load one entry carries many. Napkin math: an entry costs the leader
+/// about the same (a log write, a replication slot, an apply call, bookkeeping) whether it
+/// holds one send of 1 KiB or a hundred, while a commit takes 1-2 ms (two fsyncs on a shared
+/// disk plus a round trip); one entry per send capped the group at about 2,100 sends/s.
+const COALESCED_IN_FLIGHT_MAX: usize = 2;
+/// Commands and bytes one coalesced entry carries at most (a single larger command goes
+/// alone): enough to amortise the per-entry cost, small enough that one entry's append and
+/// replication stay short.
+const COALESCED_COMMANDS_MAX: usize = 1024;
+const COALESCED_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+type WriteError = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
+/// A written command's result and the log index of the entry that carried it.
+type WriteResult = Result<(CommandResult, u64), WriteError>;
+
+/// A proposal waiting for the coalescer.
+struct Queued {
+    cmd: Command,
+    bytes: usize,
+    done: oneshot::Sender<WriteResult>,
+}
+
 /// Where a proposal ended.
 pub enum Proposed {
     /// Committed by a majority and applied here.
@@ -99,17 +125,50 @@ pub struct Proposer {
     gate: Arc<tokio::sync::RwLock<()>>,
     /// How long a proposal waits for a leader to be elected before giving up.
     leader_wait: Duration,
+    /// Batchable commands go through the coalescer (see [`COALESCED_IN_FLIGHT_MAX`]).
+    coalesce: mpsc::Sender<Queued>,
 }
 
 impl Proposer {
+    /// Must be called within a tokio runtime: it starts the coalescer task, which ends when
+    /// every clone of the proposer is gone.
     pub fn new(raft: Raft, leader_wait: Duration) -> Self {
+        let gate: Arc<tokio::sync::RwLock<()>> = Arc::default();
+        let (coalesce, queue) = mpsc::channel(PROPOSALS_IN_FLIGHT_MAX);
+        tokio::spawn(run_coalescer(raft.clone(), gate.clone(), queue));
         Self {
             raft,
             slots: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
             channels: Arc::default(),
-            gate: Arc::default(),
+            gate,
             leader_wait,
+            coalesce,
         }
+    }
+
+    /// Writes `cmd` once: on its own when it reads state, else coalesced with others.
+    async fn write(&self, cmd: Command) -> WriteResult {
+        if !cmd.batchable() {
+            let _open = self.gate.read().await;
+            return self
+                .raft
+                .client_write(cmd)
+                .await
+                .map(|r| (r.data, r.log_id.index));
+        }
+        let (done, result) = oneshot::channel();
+        let bytes = cmd.payload_bytes();
+        if self
+            .coalesce
+            .send(Queued { cmd, bytes, done })
+            .await
+            .is_err()
+        {
+            return Err(RaftError::Fatal(Fatal::Stopped));
+        }
+        result
+            .await
+            .unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))
     }
 
     /// Proposes `cmd`, waiting (up to `leader_wait`) while the group has no leader.
@@ -121,16 +180,9 @@ impl Proposer {
             .map_err(|_| tonic::Status::unavailable("broker is shutting down"))?;
         let deadline = Instant::now() + self.leader_wait;
         loop {
-            let written = {
-                let _open = self.gate.read().await;
-                self.raft.client_write(cmd.clone()).await
-            };
-            match written {
-                Ok(resp) => {
-                    return Ok(Proposed::Applied {
-                        result: resp.data,
-                        log_index: resp.log_id.index,
-                    });
+            match self.write(cmd.clone()).await {
+                Ok((result, log_index)) => {
+                    return Ok(Proposed::Applied { result, log_index });
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(node) = f.leader_node {
@@ -205,5 +257,89 @@ impl Proposer {
         Ok(BrokerAdminClient::new(self.channel(addr)?)
             .max_decoding_message_size(crate::admin::ADMIN_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(crate::admin::ADMIN_MESSAGE_BYTES_MAX))
+    }
+}
+
+/// Takes queued batchable proposals and writes them, as many at a time as fit one entry,
+/// with at most [`COALESCED_IN_FLIGHT_MAX`] entries under way.
+async fn run_coalescer(
+    raft: Raft,
+    gate: Arc<tokio::sync::RwLock<()>>,
+    mut queue: mpsc::Receiver<Queued>,
+) {
+    let in_flight = Arc::new(Semaphore::new(COALESCED_IN_FLIGHT_MAX));
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(q) => q,
+            None => match queue.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        // Wait for a free slot before gathering: what arrives meanwhile joins this entry.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < COALESCED_COMMANDS_MAX {
+            let Ok(next) = queue.try_recv() else { break };
+            if bytes + next.bytes > COALESCED_BYTES_MAX {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.bytes;
+            batch.push(next);
+        }
+        tokio::spawn(write_coalesced(raft.clone(), gate.clone(), batch, permit));
+    }
+}
+
+/// Writes one coalesced entry and hands each proposer its own result.
+async fn write_coalesced(
+    raft: Raft,
+    gate: Arc<tokio::sync::RwLock<()>>,
+    mut batch: Vec<Queued>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _open = gate.read().await;
+    if batch.len() == 1
+        && let Some(q) = batch.pop()
+    {
+        let written = raft.client_write(q.cmd).await;
+        let _ = q.done.send(written.map(|r| (r.data, r.log_id.index)));
+        return;
+    }
+    let (cmds, dones): (Vec<Command>, Vec<oneshot::Sender<WriteResult>>) =
+        batch.into_iter().map(|q| (q.cmd, q.done)).unzip();
+    let count = cmds.len();
+    match raft.client_write(Command::Batch(cmds)).await {
+        Ok(resp) => {
+            let index = resp.log_id.index;
+            let results = match resp.data {
+                CommandResult::Batch(results) if results.len() == count => results,
+                other => {
+                    // Cannot happen: the state machine answers a batch with one result per
+                    // command. Say so to every proposer rather than guess.
+                    tracing::error!(?other, count, "a coalesced entry got a malformed result");
+                    let rejected = CommandResult::Rejected(Rejection::Invalid {
+                        field: "batch".into(),
+                        reason: format!(
+                            "applied with a result that does not match its {count} commands"
+                        ),
+                    });
+                    vec![rejected; count]
+                }
+            };
+            for (done, result) in dones.into_iter().zip(results) {
+                let _ = done.send(Ok((result, index)));
+            }
+        }
+        Err(e) => {
+            for done in dones {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
     }
 }

@@ -204,6 +204,7 @@ impl AppliedCounters {
                 let n = acked.iter().filter(|a| **a).count();
                 self.acked.fetch_add(n as u64, Relaxed);
             }
+            CommandResult::Batch(results) => results.iter().for_each(|r| self.count(r)),
             _ => {}
         }
     }
@@ -848,6 +849,22 @@ impl StateMachineStore {
                 let removed = self.expire(p, topic, *queue_id, *before_offset)?;
                 Ok(CommandResult::Expired { removed })
             }
+            Command::Batch(cmds) => {
+                let mut results = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    results.push(if cmd.batchable() {
+                        self.apply_command(cmd, log_index, p)?
+                    } else {
+                        CommandResult::Rejected(Rejection::Invalid {
+                            field: "batch".into(),
+                            reason: "holds a command that reads state or another batch; \
+                                     such commands must be entries of their own"
+                                .into(),
+                        })
+                    });
+                }
+                Ok(CommandResult::Batch(results))
+            }
             other => self.apply_consume(other, log_index, p),
         }
     }
@@ -866,6 +883,9 @@ struct Pending {
     ids: HashMap<Vec<u8>, IdEntry>,
     last: Option<LogId>,
     membership: Option<StoredMembership>,
+    /// DELAY timers the current entry has written so far: numbers them uniquely within
+    /// their entry (their key holds the entry's log index).
+    timers_in_entry: u32,
 }
 
 /// What [`StateMachineStore::append`] did: (first new offset, messages stored, the
@@ -1153,6 +1173,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 "applied index must only grow: {prev:?} then {}",
                 entry.log_id
             );
+            p.timers_in_entry = 0;
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
                 EntryPayload::Normal(cmd) => {

@@ -328,6 +328,14 @@ pub enum Command {
         queue_id: u32,
         before_offset: u64,
     },
+    /// Several commands proposed at about the same time, applied in order as one entry: the
+    /// leader coalesces concurrent proposals so that one entry, one log write and one
+    /// replication slot carry many of them. Only commands that do not read state (see
+    /// [`Command::batchable`]) may be batched, because a command that reads state must see
+    /// earlier writes, and those can only be written between entries (the state machine
+    /// persists `last_applied` with them). Replicas refuse any other sub-command, each on its
+    /// own, the same way.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -346,7 +354,31 @@ impl Command {
                 | Command::ResetOffsets { .. }
                 // Reads the messages it deletes, which earlier entries may have appended.
                 | Command::Expire { .. }
-        )
+        ) || matches!(self, Command::Batch(cmds) if cmds.iter().any(Command::reads_state))
+    }
+
+    /// Whether this command may go into a [`Command::Batch`] with others.
+    pub fn batchable(&self) -> bool {
+        !self.reads_state() && !matches!(self, Command::Batch(_))
+    }
+
+    /// About how many bytes this command takes in the log: the message bodies, which dwarf
+    /// everything else, plus a little per message. Used to bound batches, not for accounting.
+    pub fn payload_bytes(&self) -> usize {
+        const PER_MESSAGE: usize = 128;
+        let messages = |ms: &[NewMessage]| -> usize {
+            ms.iter()
+                .map(|m| m.body.len() + PER_MESSAGE + m.properties.len() * 32)
+                .sum()
+        };
+        match self {
+            Command::Append { messages: ms, .. } | Command::Schedule { messages: ms, .. } => {
+                messages(ms)
+            }
+            Command::Prepare { message, .. } => messages(std::slice::from_ref(message)),
+            Command::Batch(cmds) => cmds.iter().map(Command::payload_bytes).sum(),
+            _ => PER_MESSAGE,
+        }
     }
 }
 
@@ -399,6 +431,8 @@ pub enum CommandResult {
     /// The command was valid when proposed but not against the state it was applied to
     /// (e.g. the topic was deleted in between). Nothing was changed.
     Rejected(Rejection),
+    /// One result per command of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
 }
 
 /// Why a command was refused, deterministically, by every replica.

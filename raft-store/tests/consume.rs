@@ -516,3 +516,72 @@ async fn reset_offsets_moves_a_group_to_a_time_and_drops_its_in_flight() -> anyh
     );
     Ok(())
 }
+
+/// A coalesced entry applies its commands in order, as if each were its own entry; DELAY
+/// timers of several Schedule commands in one entry stay apart; a command that reads state
+/// is refused inside a batch, on its own, without touching the others.
+#[tokio::test]
+async fn a_batch_entry_applies_like_its_commands_one_by_one() -> anyhow::Result<()> {
+    let mut sm = Sm::new()?;
+    sm.apply(topic("T", 2)).await?;
+    let delayed = |i: usize| {
+        let mut m = msg(i);
+        m.kind = MessageKind::Delay;
+        m.delivery_timestamp_ms = Some(100);
+        Command::Schedule {
+            topic: "T".into(),
+            queue_id: 0,
+            store_timestamp_ms: 10,
+            messages: vec![m],
+        }
+    };
+    let result = sm
+        .apply(Command::Batch(vec![
+            append(0, 0..2),
+            append(1, 2..3),
+            append(0, 3..5),
+            delayed(5),
+            delayed(6),
+            pop_cmd("G", 10, 1000, 20, Filter::All),
+        ]))
+        .await?;
+    let CommandResult::Batch(results) = result else {
+        panic!("a batch gives one result per command, got {result:?}");
+    };
+    let offsets: Vec<_> = results[..3]
+        .iter()
+        .map(|r| match r {
+            CommandResult::Appended { offsets, .. } => offsets.clone(),
+            other => panic!("append gave {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        vec![vec![(0, 0), (0, 1)], vec![(1, 0)], vec![(0, 2), (0, 3)]],
+        "offsets are dense per queue across the batch's commands"
+    );
+    assert_eq!(results[3], CommandResult::Scheduled { count: 1 });
+    assert_eq!(results[4], CommandResult::Scheduled { count: 1 });
+    assert!(
+        matches!(&results[5], CommandResult::Rejected(Rejection::Invalid { field, .. }) if field == "batch"),
+        "a pop inside a batch is refused: {:?}",
+        results[5]
+    );
+    // Both timers survived: two messages become due, not one.
+    assert_eq!(
+        sm.apply(Command::Deliver {
+            now_ms: 200,
+            max: 10
+        })
+        .await?,
+        CommandResult::Delivered { count: 2 }
+    );
+    // Everything the batch stored is there once: 5 appended, 2 delivered from timers.
+    let mut popped = ids(&sm.pop("G", 10, 1000, 300).await);
+    popped.sort();
+    assert_eq!(
+        popped,
+        ["id-0", "id-1", "id-2", "id-3", "id-4", "id-5", "id-6"]
+    );
+    Ok(())
+}

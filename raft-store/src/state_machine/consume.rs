@@ -490,14 +490,18 @@ impl StateMachineStore {
                     return Ok(CommandResult::Rejected(r));
                 }
                 let cf = self.inner.cf(CF_TIMERS);
-                for (n, m) in messages.iter().enumerate() {
+                for m in messages {
                     let due = m.delivery_timestamp_ms.unwrap_or(*store_timestamp_ms);
                     let timed = Timed {
                         topic: topic.clone(),
                         queue_id: *queue_id,
                         message: m.clone(),
                     };
-                    put(p, cf, &timer_key(due, log_index, n as u32), &timed)?;
+                    // Numbered within the entry, not the command: one coalesced entry may
+                    // carry several Schedule commands, and their timers must not collide.
+                    let n = p.timers_in_entry;
+                    p.timers_in_entry += 1;
+                    put(p, cf, &timer_key(due, log_index, n), &timed)?;
                 }
                 Ok(CommandResult::Scheduled {
                     count: messages.len() as u32,
@@ -624,7 +628,8 @@ impl StateMachineStore {
             | Command::CommitOffset { .. }
             | Command::PutGroup(_)
             | Command::DeleteTopic { .. }
-            | Command::Expire { .. } => {
+            | Command::Expire { .. }
+            | Command::Batch(_) => {
                 unreachable!("apply_command handles {cmd:?} itself")
             }
         }
