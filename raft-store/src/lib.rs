@@ -30,7 +30,7 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
-pub use log_store::LogStore;
+pub use log_store::{LogFlush, LogStore};
 pub use network::{NetworkFactory, RaftTransportService};
 pub use state_machine::{
     AppliedCounts, HalfMessage, PopReadiness, QueueProgress, QueueState, ReadError,

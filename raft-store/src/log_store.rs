@@ -35,6 +35,11 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// (openraft bounds its own in-flight appends, so this never fills in practice).
 const SYNC_QUEUE_MAX: usize = 4096;
 
+/// Bytes of stored entries one replication request carries at most (unless a single entry
+/// is larger): well below the transport's `RAFT_MESSAGE_BYTES_MAX`, leaving room for
+/// framing, and small enough that a follower's append and fsync stay short.
+pub const REPLICATION_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -123,6 +128,39 @@ impl Inner {
         Ok(out)
     }
 
+    /// Entries from `start` (below `end_exclusive`) whose stored size adds up to at most
+    /// `bytes_max`, but always at least one, so replication makes progress even past one
+    /// entry larger than the limit.
+    fn read_range_bytes(
+        &self,
+        start: u64,
+        end_exclusive: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let iter = self.db.iterator_cf(
+            self.cf(CF_ENTRIES),
+            IteratorMode::From(&index_key(start), Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item.map_err(|e| read_err(ErrorSubject::Logs, e))?;
+            let index = key_index(&key)?;
+            if index >= end_exclusive || (!out.is_empty() && bytes + value.len() > bytes_max) {
+                break;
+            }
+            bytes += value.len();
+            let entry: Entry =
+                bincode::deserialize(&value).map_err(|e| read_err(ErrorSubject::Logs, e))?;
+            debug_assert_eq!(
+                entry.log_id.index, index,
+                "log entry stored under a wrong key"
+            );
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let mut iter = self.db.iterator_cf(self.cf(CF_ENTRIES), IteratorMode::End);
         match iter.next() {
@@ -151,11 +189,28 @@ struct SyncRequest {
     callback: LogFlushed<TypeConfig>,
 }
 
+/// When appended entries reach the disk, i.e. what "stored" means when openraft counts a
+/// node's copy of an entry towards a majority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LogFlush {
+    /// An append counts once it is fsynced (the default; RocketMQ's SYNC_FLUSH): an
+    /// acknowledged send survives even a power failure of every node.
+    Sync,
+    /// An append counts once it is written to the operating system, and the log is fsynced
+    /// every `interval_ms` in the background (RocketMQ's ASYNC_FLUSH; NATS JetStream's
+    /// default syncs every 2 minutes). An acknowledged send survives any process crash and
+    /// the loss of a minority of machines, but a power failure of a majority within the
+    /// interval can lose it. Votes and truncations are still synced at once: Raft's safety
+    /// needs them durable.
+    Async { interval_ms: u64 },
+}
+
 /// The Raft log store. Cloning shares the database.
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
     sync_tx: mpsc::SyncSender<SyncRequest>,
+    flush: LogFlush,
 }
 
 /// A reader for replication tasks.
@@ -165,8 +220,13 @@ pub struct LogReader {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log under `dir`.
+    /// Opens (or creates) the log under `dir`, fsyncing before an append counts.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        Self::open_with(dir, LogFlush::Sync)
+    }
+
+    /// Opens (or creates) the log under `dir` with the given flush policy.
+    pub fn open_with(dir: &Path, flush: LogFlush) -> Result<Self, OpenError> {
         let opts = crate::rocks::db_options();
         let cfs = [
             ColumnFamilyDescriptor::new(CF_ENTRIES, crate::rocks::payload_cf_options()),
@@ -178,8 +238,29 @@ impl LogStore {
         let syncer_inner = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || run_syncer(syncer_inner, sync_rx))?;
-        Ok(Self { inner, sync_tx })
+            .spawn(move || match flush {
+                LogFlush::Sync => run_syncer(syncer_inner, sync_rx),
+                LogFlush::Async { interval_ms } => {
+                    run_periodic_syncer(syncer_inner, sync_rx, interval_ms)
+                }
+            })?;
+        Ok(Self {
+            inner,
+            sync_tx,
+            flush,
+        })
+    }
+}
+
+/// Syncs the WAL every `interval_ms` ([`LogFlush::Async`]). Exits when every `LogStore` is
+/// gone (its channel carries no requests in this mode, only the disconnect).
+fn run_periodic_syncer(inner: Weak<Inner>, rx: mpsc::Receiver<SyncRequest>, interval_ms: u64) {
+    let interval = std::time::Duration::from_millis(interval_ms.max(1));
+    while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.db.flush_wal(true) {
+            tracing::error!(error = %e, "syncing the raft log WAL in the background failed");
+        }
     }
 }
 
@@ -235,6 +316,18 @@ impl RaftLogReader<TypeConfig> for LogReader {
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = range_to_bounds(&range);
         self.inner.read_range(start, end)
+    }
+
+    /// What replication sends in one AppendEntries: bounded in bytes as well as in entries
+    /// (`max_payload_entries`), because 512 entries of a few MiB each would exceed the
+    /// transport's message limit, and the follower would then never catch up.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner
+            .read_range_bytes(start, end, REPLICATION_BATCH_BYTES_MAX)
     }
 }
 
@@ -310,6 +403,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db
             .write_opt(batch, &opts)
             .map_err(|e| write_err(ErrorSubject::Logs, e))?;
+        if let LogFlush::Async { .. } = self.flush {
+            // In the operating system's hands now: survives a crash of this process.
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         self.sync_tx.send(SyncRequest { callback }).map_err(|_| {
             write_err(
                 ErrorSubject::Logs,
@@ -348,5 +446,81 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db
             .write(batch)
             .map_err(|e| write_err(ErrorSubject::Logs, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Command, NewMessage};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// An entry carrying one message of `body_bytes`, written straight into the log's column
+    /// family (appending needs openraft's flush callback, which only openraft can make).
+    fn put_entry(store: &LogStore, index: u64, body_bytes: usize) {
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Append {
+                topic: "t".into(),
+                queue_id: 0,
+                store_timestamp_ms: 0,
+                messages: vec![NewMessage {
+                    message_id: format!("m{index}"),
+                    tag: None,
+                    keys: vec![],
+                    properties: Default::default(),
+                    body: vec![7u8; body_bytes].into(),
+                    born_timestamp_ms: 0,
+                    kind: crate::types::MessageKind::Normal,
+                    message_group: None,
+                    delivery_timestamp_ms: None,
+                }],
+            }),
+        };
+        let value = bincode::serialize(&entry).expect("entry serializes");
+        store
+            .inner
+            .db
+            .put_cf(store.inner.cf(CF_ENTRIES), index_key(index), value)
+            .expect("put entry");
+    }
+
+    #[tokio::test]
+    async fn replication_reads_are_bounded_in_bytes_but_never_empty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = LogStore::open(dir.path()).expect("open log");
+        // 40 entries of 1 MiB: 40 MiB in all, more than one replication request may carry.
+        for i in 1..=40 {
+            put_entry(&store, i, 1024 * 1024);
+        }
+        let mut reader = store.get_log_reader().await;
+        let first = reader.limited_get_log_entries(1, 41).await.expect("read");
+        let expected = REPLICATION_BATCH_BYTES_MAX / (1024 * 1024 + 256);
+        assert!(
+            (expected.saturating_sub(1)..=expected).contains(&first.len()),
+            "one request carries {} entries of 1 MiB; expected about {expected}",
+            first.len()
+        );
+        assert_eq!(first[0].log_id.index, 1);
+        let rest = reader
+            .limited_get_log_entries(first.len() as u64 + 1, 41)
+            .await
+            .expect("read");
+        assert_eq!(
+            rest[0].log_id.index,
+            first.len() as u64 + 1,
+            "continues densely"
+        );
+
+        // One entry above the limit still goes out alone.
+        put_entry(&store, 41, REPLICATION_BATCH_BYTES_MAX + 1);
+        let big = reader.limited_get_log_entries(41, 42).await.expect("read");
+        assert_eq!(big.len(), 1);
+        // And the range end is respected.
+        let two = reader.limited_get_log_entries(3, 5).await.expect("read");
+        assert_eq!(
+            two.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
     }
 }
