@@ -70,6 +70,36 @@ pub struct BrokerConfig {
     /// be empty.
     #[serde(default)]
     pub join: bool,
+    /// When the Raft log reaches the disk: `sync` (the default) fsyncs before an append
+    /// counts towards the majority that acknowledges a send; `async` counts it once the
+    /// operating system has it and fsyncs every `log_flush_interval_ms`. Faster, and safe
+    /// against process crashes and the loss of a minority of machines, but a power failure
+    /// of a majority within the interval can lose acknowledged sends.
+    #[serde(default)]
+    pub log_flush: LogFlushMode,
+    #[serde(default = "defaults::log_flush_interval_ms")]
+    pub log_flush_interval_ms: u64,
+}
+
+/// See [`BrokerConfig::log_flush`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFlushMode {
+    #[default]
+    Sync,
+    Async,
+}
+
+impl BrokerConfig {
+    /// The raft log's flush policy from `log_flush` and `log_flush_interval_ms`.
+    pub fn log_flush(&self) -> rocketraft_raft_store::LogFlush {
+        match self.log_flush {
+            LogFlushMode::Sync => rocketraft_raft_store::LogFlush::Sync,
+            LogFlushMode::Async => rocketraft_raft_store::LogFlush::Async {
+                interval_ms: self.log_flush_interval_ms,
+            },
+        }
+    }
 }
 
 mod defaults {
@@ -108,6 +138,9 @@ mod defaults {
     }
     pub fn disk_min_free_bytes() -> u64 {
         256 << 20
+    }
+    pub fn log_flush_interval_ms() -> u64 {
+        1_000
     }
 }
 
@@ -173,6 +206,14 @@ pub struct BrokerArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ROCKETRAFT_LOG_JSON")]
     pub log_json: bool,
+    /// When the Raft log reaches the disk: sync (fsync before an append counts; the
+    /// default) or async (fsync every --log-flush-interval-ms; a power failure of a majority
+    /// can lose acknowledged sends).
+    #[arg(long, env = "ROCKETRAFT_LOG_FLUSH", value_enum)]
+    pub log_flush: Option<LogFlushMode>,
+    /// Background fsync interval of the async log flush [default: 1000].
+    #[arg(long, env = "ROCKETRAFT_LOG_FLUSH_INTERVAL_MS")]
+    pub log_flush_interval_ms: Option<u64>,
 }
 
 pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -217,6 +258,8 @@ struct FileConfig {
     join: Option<bool>,
     retention_check_interval_ms: Option<u64>,
     disk_min_free_bytes: Option<u64>,
+    log_flush: Option<LogFlushMode>,
+    log_flush_interval_ms: Option<u64>,
 }
 
 impl BrokerArgs {
@@ -333,6 +376,11 @@ impl BrokerArgs {
                 .or(file.disk_min_free_bytes)
                 .unwrap_or_else(defaults::disk_min_free_bytes),
             join: self.join || file.join.unwrap_or(false),
+            log_flush: self.log_flush.or(file.log_flush).unwrap_or_default(),
+            log_flush_interval_ms: self
+                .log_flush_interval_ms
+                .or(file.log_flush_interval_ms)
+                .unwrap_or_else(defaults::log_flush_interval_ms),
         };
         config.validate()?;
         Ok(config)
@@ -370,6 +418,9 @@ impl BrokerConfig {
                 self.election_timeout_min_ms,
                 self.election_timeout_max_ms
             );
+        }
+        if self.log_flush_interval_ms == 0 {
+            bail!("log_flush_interval_ms must be at least 1");
         }
         if self.retention_check_interval_ms == 0 {
             bail!("retention_check_interval_ms must be at least 1");
@@ -414,6 +465,7 @@ group = "g1"
 listen = "127.0.0.1:8081"
 data_dir = "/tmp/x"
 heartbeat_interval_ms = 100
+log_flush = "async"
 [members]
 1 = "127.0.0.1:8081"
 2 = "127.0.0.1:8082"
@@ -433,6 +485,24 @@ heartbeat_interval_ms = 100
         assert_eq!(c.election_timeout_min_ms, 500);
         assert_eq!(c.members.len(), 2);
         assert_eq!(c.advertised_addr(), "127.0.0.1:8082");
+        assert_eq!(
+            c.log_flush(),
+            rocketraft_raft_store::LogFlush::Async { interval_ms: 1000 },
+            "the file asks for async flushing with the default interval"
+        );
+        let defaults = BrokerArgs {
+            node_id: Some(1),
+            group: Some("g".into()),
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
+            members: Some("1=a:1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            defaults.resolve().unwrap().log_flush(),
+            rocketraft_raft_store::LogFlush::Sync,
+            "fsync before ack unless asked otherwise"
+        );
     }
 
     #[test]

@@ -61,8 +61,8 @@ impl BrokerNode {
     pub async fn start(config: BrokerConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let log_store =
-            LogStore::open(&config.data_dir.join("raft-log")).context("opening the raft log")?;
+        let log_store = LogStore::open_with(&config.data_dir.join("raft-log"), config.log_flush())
+            .context("opening the raft log")?;
         let state_machine = StateMachineStore::open(&config.data_dir.join("state"))
             .context("opening the state machine")?;
         let reader = state_machine.reader();

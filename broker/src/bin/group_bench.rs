@@ -50,6 +50,10 @@ struct Args {
     /// Print one JSON line instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// An extra flag for every broker it starts, e.g. `--broker-arg=--log-flush=async`
+    /// (repeatable).
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    broker_args: Vec<String>,
 }
 
 struct Group {
@@ -119,6 +123,7 @@ fn start_group(args: &Args) -> anyhow::Result<Group> {
                 .arg("--data-dir")
                 .arg(dir.join(format!("node{id}")))
                 .args(["--members", &members])
+                .args(&args.broker_args)
                 .env("ROCKETRAFT_LOG", "warn")
                 .stdout(Stdio::from(log.try_clone()?))
                 .stderr(Stdio::from(log))
