@@ -227,7 +227,7 @@ impl LogStore {
 
     /// Opens (or creates) the log under `dir` with the given flush policy.
     pub fn open_with(dir: &Path, flush: LogFlush) -> Result<Self, OpenError> {
-        let opts = crate::rocks::db_options();
+        let opts = crate::rocks::db_options(dir);
         let cfs = [
             ColumnFamilyDescriptor::new(CF_ENTRIES, crate::rocks::payload_cf_options()),
             ColumnFamilyDescriptor::new(CF_META, crate::rocks::small_cf_options()),

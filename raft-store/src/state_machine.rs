@@ -402,13 +402,13 @@ impl StateMachineStore {
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)
             .map_err(|e| ReadError::Corrupt(format!("creating {}: {e}", snapshot_dir.display())))?;
-        let mut opts = crate::rocks::db_options();
+        let mut opts = crate::rocks::db_options(&dir.join("db"));
         opts.set_atomic_flush(true);
         let cfs = DATA_CFS.map(|n| {
-            let cf_opts = if n == CF_MESSAGES {
-                crate::rocks::payload_cf_options()
-            } else {
-                crate::rocks::small_cf_options()
+            let cf_opts = match n {
+                CF_MESSAGES => crate::rocks::payload_cf_options(),
+                CF_IDS => crate::rocks::lookup_cf_options(),
+                _ => crate::rocks::small_cf_options(),
             };
             ColumnFamilyDescriptor::new(n, cf_opts)
         });
