@@ -3,7 +3,7 @@
 
 use rocketraft_proto::rocketmq::v2 as pb;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The call did not get an answer: connection refused or reset, deadline exceeded.
     #[error("{context}: {status}")]

@@ -1,22 +1,30 @@
 //! The producer: sync, async (bounded in-flight window), oneway and batch sends of NORMAL,
 //! FIFO, DELAY and TRANSACTION messages, with retries on retriable errors only.
 //!
+//! Async sends of NORMAL messages to one topic are coalesced: while a few requests for the
+//! topic are under way, further sends queue up and then go out together as one request
+//! (one message each in its entries). No timer waits for more: a lone send goes at once, and
+//! under load a request carries what piled up while the previous ones were stored. Each
+//! request costs the client and the broker tens of microseconds however many messages it
+//! carries, so this is what lets a windowed producer reach the broker's batched rates.
+//!
 //! A send goes to one broker group of the topic (FIFO: the group a message group hashes
 //! to, so its order holds; otherwise round-robin, and a retry moves on to the next group),
 //! to the first of the group's nodes (the leader, per the route); any node would do, as
 //! followers forward to their leader. A transport failure moves that node to the back of
 //! the route and refreshes it.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rocketraft_proto::rocketmq::v2 as pb;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_stream::StreamExt;
 use tracing::Instrument;
 
@@ -125,6 +133,7 @@ impl ProducerBuilder {
             backoff_max: self.backoff_max,
             compress_over: self.compress_over,
             stop,
+            coalescing: Mutex::default(),
         });
         if let Some(checker) = self.checker {
             for topic in &self.topics {
@@ -159,6 +168,7 @@ struct Inner {
     backoff_max: Duration,
     compress_over: Option<usize>,
     stop: watch::Sender<bool>,
+    coalescing: Mutex<HashMap<String, TopicQueue>>,
 }
 
 /// Sends messages. Cheap to clone; clones share connections, routes and the window.
@@ -168,7 +178,7 @@ pub struct Producer {
 }
 
 /// A send under way ([`Producer::send_async`]); resolves to its receipt.
-pub struct SendFuture(tokio::task::JoinHandle<Result<SendReceipt>>);
+pub struct SendFuture(oneshot::Receiver<Result<SendReceipt>>);
 
 impl Future for SendFuture {
     type Output = Result<SendReceipt>;
@@ -177,6 +187,30 @@ impl Future for SendFuture {
             .poll(cx)
             .map(|r| r.unwrap_or(Err(Error::Closed)))
     }
+}
+
+/// Requests of coalesced sends under way per topic at once; what arrives meanwhile waits
+/// and goes out in the next one. Several, not one, so that one slow request (a leader
+/// change, a retry) does not hold up the topic, and the broker can spread them over queues.
+const COALESCED_REQUESTS_MAX: usize = 4;
+/// Messages and body bytes one coalesced request carries at most (the broker takes up to
+/// 1024 messages and 8 MiB per request).
+const COALESCED_MESSAGES_MAX: usize = 512;
+const COALESCED_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// An async send waiting to be coalesced, with its window slot.
+struct Pending {
+    message: Message,
+    done: oneshot::Sender<Result<SendReceipt>>,
+    /// Held until the send is answered: the window counts sends, not requests.
+    slot: OwnedSemaphorePermit,
+}
+
+/// Per topic: the sends waiting and the requests under way.
+#[derive(Default)]
+struct TopicQueue {
+    waiting: VecDeque<Pending>,
+    requests: usize,
 }
 
 /// A half message stored by [`Producer::send_transactional`]: invisible to consumers until
@@ -268,22 +302,46 @@ impl Producer {
     }
 
     /// Starts a send once the in-flight window has room (waiting for it otherwise) and
-    /// returns a future of its receipt.
+    /// returns a future of its receipt. NORMAL messages are coalesced with other async
+    /// sends to their topic (see the module doc); the others go one request each.
     pub async fn send_async(&self, message: Message) -> Result<SendFuture> {
         message.validate()?;
-        let permit = self
+        let slot = self
             .inner
             .window
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Closed)?;
-        let producer = self.clone();
-        Ok(SendFuture(tokio::spawn(async move {
-            let r = producer.send(message).await;
-            drop(permit);
-            r
-        })))
+        let (done, receipt) = oneshot::channel();
+        if message.kind() == pb::MessageType::Normal {
+            let topic = message.topic.clone();
+            let start = {
+                let mut queues = self.inner.coalescing.lock().expect("lock poisoned");
+                let q = queues.entry(topic.clone()).or_default();
+                q.waiting.push_back(Pending {
+                    message,
+                    done,
+                    slot,
+                });
+                let start = q.requests < COALESCED_REQUESTS_MAX;
+                if start {
+                    q.requests += 1;
+                }
+                start
+            };
+            if start {
+                tokio::spawn(send_coalesced(self.inner.clone(), topic));
+            }
+        } else {
+            let producer = self.clone();
+            tokio::spawn(async move {
+                let r = producer.send(message).await;
+                drop(slot);
+                let _ = done.send(r);
+            });
+        }
+        Ok(SendFuture(receipt))
     }
 
     /// Sends without waiting for (or reporting) the outcome; waits only for window room.
@@ -330,6 +388,57 @@ impl Producer {
             drop(all);
         }
         let _ = self.inner.stop.send(true);
+    }
+}
+
+/// Sends what waits for `topic`, a request at a time, until nothing is left.
+async fn send_coalesced(inner: Arc<Inner>, topic: String) {
+    loop {
+        let batch = {
+            let mut queues = inner.coalescing.lock().expect("lock poisoned");
+            let Some(q) = queues.get_mut(&topic) else {
+                return;
+            };
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(next) = q.waiting.front() {
+                let size = next.message.body.len();
+                if !batch.is_empty()
+                    && (batch.len() >= COALESCED_MESSAGES_MAX || bytes + size > COALESCED_BYTES_MAX)
+                {
+                    break;
+                }
+                bytes += size;
+                batch.extend(q.waiting.pop_front());
+            }
+            if batch.is_empty() {
+                q.requests -= 1;
+                if q.requests == 0 {
+                    queues.remove(&topic);
+                }
+                return;
+            }
+            batch
+        };
+        let (messages, waiters): (Vec<Message>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| (p.message, (p.done, p.slot)))
+            .unzip();
+        match inner
+            .send_with_retries(&messages, pb::MessageType::Normal)
+            .await
+        {
+            Ok(receipts) => {
+                for ((done, _slot), receipt) in waiters.into_iter().zip(receipts) {
+                    let _ = done.send(Ok(receipt));
+                }
+            }
+            Err(e) => {
+                for (done, _slot) in waiters {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 

@@ -426,3 +426,76 @@ async fn push_consumer_keeps_a_slow_message_invisible_until_its_listener_returns
     );
     Ok(())
 }
+
+/// SendMessage calls all brokers of the cluster have answered so far, from their metrics.
+async fn send_calls(cluster: &LocalCluster) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for addr in &cluster.broker_http {
+        let (status, body) = rocketraft_client::membership::http_get(
+            &format!("http://{addr}/metrics"),
+            Duration::from_secs(5),
+        )
+        .await?;
+        ensure!(status == 200, "metrics of {addr}: HTTP {status}");
+        total += body
+            .lines()
+            .filter(|l| {
+                l.starts_with("rocketraft_rpc_duration_seconds_count") && l.contains("SendMessage")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    Ok(total)
+}
+
+/// Async sends to one topic go out coalesced: many messages per request while earlier
+/// requests are under way, each message still with its own receipt and offset.
+#[tokio::test]
+async fn async_sends_are_coalesced_into_few_requests() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start("g1")?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    cluster.create_topic("Burst", 1).await?;
+    let producer = Producer::builder(config(&cluster))
+        .topics(["Burst"])
+        .max_in_flight(1000)
+        .build()
+        .await?;
+    let before = send_calls(&cluster).await?;
+    let mut pending = Vec::new();
+    for i in 0..1000 {
+        pending.push(
+            producer
+                .send_async(Message::new("Burst", format!("burst-{i}")))
+                .await?,
+        );
+    }
+    let mut offsets = BTreeSet::new();
+    for p in pending {
+        offsets.insert(p.await?.offset);
+    }
+    let calls = send_calls(&cluster).await? - before;
+    ensure!(
+        offsets == (0..1000).collect::<BTreeSet<i64>>(),
+        "every message has its own offset in the topic's one queue: {} distinct",
+        offsets.len()
+    );
+    ensure!(
+        calls <= 250,
+        "1000 async sends took {calls} SendMessage calls; coalesced they take far fewer"
+    );
+    println!("1000 async sends in {calls} SendMessage calls");
+    // What went out together is stored as sent.
+    let consumer = SimpleConsumer::builder(config(&cluster), "BurstReaders")
+        .subscribe("Burst", Filter::all())
+        .await_duration(Duration::from_secs(2))
+        .build()
+        .await?;
+    let seen = drain(&consumer, 1000, Duration::from_secs(30)).await?;
+    ensure!(
+        (0..1000).all(|i| seen.contains_key(&format!("burst-{i}"))),
+        "{} of 1000 consumed",
+        seen.len()
+    );
+    producer.close().await;
+    Ok(())
+}

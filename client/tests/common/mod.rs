@@ -38,6 +38,8 @@ pub struct LocalCluster {
     ns_proc: Option<Child>,
     broker_procs: Vec<Option<Child>>,
     broker_args: Vec<String>,
+    /// Each broker's `/metrics` endpoint (host:port).
+    pub broker_http: Vec<String>,
 }
 
 impl LocalCluster {
@@ -50,6 +52,9 @@ impl LocalCluster {
         let dir = tempfile::tempdir()?;
         let nameserver = format!("127.0.0.1:{}", free_port());
         let brokers: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let broker_http: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
         let ns_log = std::fs::File::create(dir.path().join("ns.log"))?;
@@ -67,6 +72,7 @@ impl LocalCluster {
             ns_proc: Some(ns_proc),
             broker_procs: Vec::new(),
             broker_args: broker_args.iter().map(|a| a.to_string()).collect(),
+            broker_http,
         };
         for i in 0..3 {
             let child = cluster.spawn_broker(i)?;
@@ -93,6 +99,7 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{}", i + 1)))
             .args(["--members", &members, "--nameservers", &self.nameserver])
+            .args(["--http-listen", &self.broker_http[i]])
             .args(&self.broker_args)
             .env("ROCKETRAFT_LOG", "info,openraft=warn")
             .stdout(Stdio::from(log.try_clone()?))
