@@ -40,6 +40,9 @@ const SYNC_QUEUE_MAX: usize = 4096;
 /// framing, and small enough that a follower's append and fsync stay short.
 pub const REPLICATION_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// WAL bytes the log keeps before forcing the flushes that let old WAL files go.
+const LOG_WAL_BYTES_MAX: u64 = 128 * 1024 * 1024;
+
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -227,7 +230,13 @@ impl LogStore {
 
     /// Opens (or creates) the log under `dir` with the given flush policy.
     pub fn open_with(dir: &Path, flush: LogFlush) -> Result<Self, OpenError> {
-        let opts = crate::rocks::db_options(dir);
+        let mut opts = crate::rocks::db_options(dir);
+        // A WAL file is deleted only once every column family with data in it has flushed,
+        // and the small meta column family (vote, committed) rarely fills its memtable: the
+        // WAL files behind it piled up to as much again as the entries themselves (1.2 GB
+        // of log for 0.5 GB of messages in a 20 s run). Past this total, RocksDB flushes
+        // the column families that hold the oldest WAL back.
+        opts.set_max_total_wal_size(LOG_WAL_BYTES_MAX);
         let cfs = [
             ColumnFamilyDescriptor::new(CF_ENTRIES, crate::rocks::payload_cf_options()),
             ColumnFamilyDescriptor::new(CF_META, crate::rocks::small_cf_options()),
