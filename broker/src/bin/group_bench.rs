@@ -80,7 +80,11 @@ fn start_group(args: &Args) -> anyhow::Result<Group> {
         });
     }
     let (dir, tmp) = match &args.data_dir {
-        Some(d) => (d.clone(), None),
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("creating data dir {}", d.display()))?;
+            (d.clone(), None)
+        }
         None => {
             let t = tempfile::tempdir()?;
             (t.path().to_path_buf(), Some(t))
