@@ -1,7 +1,13 @@
 //! The replicated state machine on RocksDB, and read access to its applied state.
 //!
 //! Column families:
-//! - `messages`: `topic \0 queue_id(be32) offset(be64)` -> bincode [`StoredMessage`]
+//! - `messages`: `topic \0 queue_id(be32) offset(be64)` -> body key (12 bytes): where the
+//!   message of that queue offset is kept in `bodies`
+//! - `bodies`:   `log_index(be64) n(be32)` -> bincode [`StoredMessage`], the n-th message
+//!   the entry at `log_index` stored. Keyed in apply order rather than by queue, so that
+//!   every memtable flush covers a key range after all earlier ones and RocksDB moves the
+//!   files down its levels without rewriting them; keyed by queue, each flush overlapped the
+//!   last (it spans every queue) and compaction rewrote every body about twice more.
 //! - `queues`:   `topic \0 queue_id(be32)` -> bincode [`QueueState`]
 //! - `topics`:   `topic` -> bincode [`TopicConfig`]
 //! - `offsets`:  `group \0 topic \0 queue_id(be32)` -> be64 committed offset
@@ -63,9 +69,10 @@ const CF_TIMERS: &str = "timers";
 const CF_HALVES: &str = "halves";
 const CF_IDS: &str = "ids";
 const CF_KEYS: &str = "keys";
+const CF_BODIES: &str = "bodies";
 /// Column families in snapshot order; a record's cf byte is its position here plus one,
 /// so new families are only ever added at the end.
-const DATA_CFS: [&str; 12] = [
+const DATA_CFS: [&str; 13] = [
     CF_MESSAGES,
     CF_QUEUES,
     CF_TOPICS,
@@ -78,6 +85,7 @@ const DATA_CFS: [&str; 12] = [
     CF_HALVES,
     CF_IDS,
     CF_KEYS,
+    CF_BODIES,
 ];
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -114,6 +122,14 @@ fn queue_key(topic: &str, queue_id: u32) -> Vec<u8> {
 fn message_key(topic: &str, queue_id: u32, offset: u64) -> Vec<u8> {
     let mut k = queue_key(topic, queue_id);
     k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Where the `n`-th message stored by the entry at `log_index` is kept (`bodies`).
+fn body_key(log_index: u64, n: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&log_index.to_be_bytes());
+    k[8..].copy_from_slice(&n.to_be_bytes());
     k
 }
 
@@ -406,7 +422,7 @@ impl StateMachineStore {
         opts.set_atomic_flush(true);
         let cfs = DATA_CFS.map(|n| {
             let cf_opts = match n {
-                CF_MESSAGES => crate::rocks::payload_cf_options(),
+                CF_BODIES => crate::rocks::payload_cf_options(),
                 CF_IDS => crate::rocks::lookup_cf_options(),
                 _ => crate::rocks::small_cf_options(),
             };
@@ -525,6 +541,7 @@ impl StateMachineStore {
     fn append(
         &self,
         p: &mut Pending,
+        log_index: u64,
         topic: &str,
         queue_id: u32,
         store_timestamp_ms: i64,
@@ -574,10 +591,13 @@ impl StateMachineStore {
                 message: m,
             };
             let value = bincode::serialize(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            let body = body_key(log_index, p.messages_in_entry);
+            p.messages_in_entry += 1;
+            p.batch.put_cf(inner.cf(CF_BODIES), body, value);
             p.batch.put_cf(
                 inner.cf(CF_MESSAGES),
                 message_key(topic, queue_id, offset),
-                value,
+                body,
             );
             q.offset_next += 1;
             offsets.push((queue_id, offset));
@@ -613,18 +633,12 @@ impl StateMachineStore {
         // so everything to delete is in RocksDB already.
         let start = message_key(topic, queue_id, q.offset_min);
         let end = message_key(topic, queue_id, before);
-        let mut read = ReadOptions::default();
-        read.set_iterate_upper_bound(end.clone());
-        let iter = inner.db.iterator_cf_opt(
-            inner.cf(CF_MESSAGES),
-            read,
-            IteratorMode::From(&start, rocksdb::Direction::Forward),
-        );
+        let stored = inner
+            .located_between(topic, queue_id, q.offset_min, before)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let mut removed = 0u64;
-        for item in iter {
-            let (_, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            let m: StoredMessage =
-                bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        for (body, m) in stored {
+            p.batch.delete_cf(inner.cf(CF_BODIES), body);
             q.bytes = q.bytes.saturating_sub(m.message.body.len() as u64);
             let id_key = id_key(topic, &m.message.message_id);
             // The id may point at a later copy; only this copy's entry goes.
@@ -736,6 +750,7 @@ impl StateMachineStore {
                 }
                 let (first_offset, count, offsets) = self.append(
                     p,
+                    log_index,
                     topic,
                     *queue_id,
                     *store_timestamp_ms,
@@ -816,6 +831,14 @@ impl StateMachineStore {
                 start.push(0);
                 let mut end = name.as_bytes().to_vec();
                 end.push(1);
+                // The bodies are keyed by the entries that stored them, not by topic: find
+                // them through the offset index (all in RocksDB: this command reads state).
+                for body in inner
+                    .body_keys_in(&start, &end)
+                    .map_err(|e| sm_err(ErrorVerb::Read, e))?
+                {
+                    p.batch.delete_cf(inner.cf(CF_BODIES), body);
+                }
                 p.batch
                     .delete_range_cf(inner.cf(CF_MESSAGES), start.as_slice(), end.as_slice());
                 p.batch
@@ -886,6 +909,8 @@ struct Pending {
     /// DELAY timers the current entry has written so far: numbers them uniquely within
     /// their entry (their key holds the entry's log index).
     timers_in_entry: u32,
+    /// Messages the current entry has stored so far: numbers their bodies within it.
+    messages_in_entry: u32,
 }
 
 /// What [`StateMachineStore::append`] did: (first new offset, messages stored, the
@@ -992,6 +1017,21 @@ impl StateReader {
     }
 
     /// Up to `max_count` messages of one queue from `offset` on, in offset order.
+    /// How many message bodies this node keeps, over all topics: a full scan, for tests and
+    /// diagnostics (it must equal the messages the queues hold).
+    pub fn stored_bodies(&self) -> Result<u64, ReadError> {
+        let mut n = 0;
+        for item in self
+            .inner
+            .db
+            .iterator_cf(self.inner.cf(CF_BODIES), IteratorMode::Start)
+        {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn read_messages(
         &self,
         topic: &str,
@@ -1174,6 +1214,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 entry.log_id
             );
             p.timers_in_entry = 0;
+            p.messages_in_entry = 0;
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
                 EntryPayload::Normal(cmd) => {

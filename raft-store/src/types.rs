@@ -352,8 +352,9 @@ impl Command {
                 | Command::EndTransaction { .. }
                 | Command::TransactionsChecked { .. }
                 | Command::ResetOffsets { .. }
-                // Reads the messages it deletes, which earlier entries may have appended.
+                // Read the messages they delete, which earlier entries may have appended.
                 | Command::Expire { .. }
+                | Command::DeleteTopic { .. }
         ) || matches!(self, Command::Batch(cmds) if cmds.iter().any(Command::reads_state))
     }
 

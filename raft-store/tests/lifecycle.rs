@@ -180,6 +180,11 @@ async fn expiry_deletes_a_prefix_and_its_index_entries() -> anyhow::Result<()> {
     assert_eq!(r[1], CommandResult::Expired { removed: 4 });
     let q = reader.queue_state("T", 0);
     assert_eq!((q.offset_min, q.offset_next, q.bytes), (4, 11, 70));
+    assert_eq!(
+        reader.stored_bodies()?,
+        7,
+        "the expired messages' bodies are gone"
+    );
     assert!(reader.message_by_id("T", "id3")?.is_none());
     assert_eq!(reader.message_by_id("T", "id4")?.map(|m| m.offset), Some(4));
     let key0: Vec<u64> = reader
@@ -231,5 +236,6 @@ async fn expiry_deletes_a_prefix_and_its_index_entries() -> anyhow::Result<()> {
     assert_eq!(r2.queue_state("T", 0), q);
     assert_eq!(r2.message_by_id("T", "id7")?.map(|m| m.offset), Some(7));
     assert_eq!(r2.messages_by_key("T", "key0", 100)?.len(), 4);
+    assert_eq!(r2.stored_bodies()?, 7);
     Ok(())
 }

@@ -230,10 +230,12 @@ async fn deleted_topics_lose_their_messages_and_a_new_one_continues_the_offsets(
             reader.read_messages("T", 0, 0, 10)?.is_empty(),
             "messages are gone"
         );
+        assert_eq!(reader.stored_bodies()?, 0, "and so are their bodies");
         sm.apply([entry(6, topic("T", 1)), entry(7, append("T", 0, 4..5))])
             .await?;
         let stored = reader.read_messages("T", 0, 0, 10)?;
         assert_eq!(stored.len(), 1);
+        assert_eq!(reader.stored_bodies()?, 1);
         assert_eq!(
             stored[0].offset, 3,
             "offsets continue after the deleted ones"

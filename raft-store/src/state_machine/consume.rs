@@ -14,9 +14,9 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CF_HALVES, CF_IDS, CF_INFLIGHT, CF_KEYS, CF_MESSAGES, CF_OFFSETS, CF_POPS, CF_TIMERS, Inner,
-    Pending, QueueState, ReadError, StateMachineStore, StateReader, consumer_offset_key,
-    message_key, queue_key, sm_err,
+    CF_BODIES, CF_HALVES, CF_IDS, CF_INFLIGHT, CF_KEYS, CF_MESSAGES, CF_OFFSETS, CF_POPS,
+    CF_TIMERS, Inner, Pending, QueueState, ReadError, StateMachineStore, StateReader,
+    consumer_offset_key, message_key, queue_key, sm_err,
 };
 use crate::limits;
 use crate::types::{
@@ -131,6 +131,22 @@ fn timer_key(due_ms: i64, log_index: u64, n: u32) -> Vec<u8> {
     k
 }
 
+/// A body found through the offset index must be the message of that queue and offset.
+fn check_located(
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+    m: &StoredMessage,
+) -> Result<(), ReadError> {
+    if m.offset != offset || m.queue_id != queue_id || m.topic != topic {
+        return Err(ReadError::Corrupt(format!(
+            "{topic}/{queue_id}: expected offset {offset}, found {}/{} offset {}",
+            m.topic, m.queue_id, m.offset
+        )));
+    }
+    Ok(())
+}
+
 fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, ReadError> {
     bincode::deserialize(v).map_err(|e| ReadError::Corrupt(format!("{what}: {e}")))
 }
@@ -161,10 +177,22 @@ impl Inner {
         queue_id: u32,
         offset: u64,
     ) -> Result<Option<StoredMessage>, ReadError> {
-        self.db
+        let Some(body) = self
+            .db
             .get_cf(self.cf(CF_MESSAGES), message_key(topic, queue_id, offset))?
+        else {
+            return Ok(None);
+        };
+        let m: StoredMessage = self
+            .db
+            .get_cf(self.cf(CF_BODIES), &body)?
             .map(|v| decode("message", &v))
-            .transpose()
+            .transpose()?
+            .ok_or_else(|| {
+                ReadError::Corrupt(format!("{topic}/{queue_id}: offset {offset} has no body"))
+            })?;
+        check_located(topic, queue_id, offset, &m)?;
+        Ok(Some(m))
     }
 
     /// Messages `start..end` of one queue, in offset order, checking that offsets are dense.
@@ -175,6 +203,23 @@ impl Inner {
         start: u64,
         end: u64,
     ) -> Result<Vec<StoredMessage>, ReadError> {
+        Ok(self
+            .located_between(topic, queue_id, start, end)?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// Messages `start..end` of one queue with their body keys, in offset order, checking
+    /// that offsets are dense. The offset index gives the body keys; the bodies come in one
+    /// multi-get (they were mostly stored together, so they share blocks).
+    pub(super) fn located_between(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(Vec<u8>, StoredMessage)>, ReadError> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -185,21 +230,43 @@ impl Inner {
             opts,
             IteratorMode::From(&message_key(topic, queue_id, start), Direction::Forward),
         );
-        let mut out = Vec::with_capacity((end - start).min(1024) as usize);
+        let mut bodies = Vec::with_capacity((end - start).min(1024) as usize);
         for item in iter {
-            let (_, v) = item?;
-            let m: StoredMessage = decode("message", &v)?;
+            let (_, body) = item?;
+            bodies.push(body.into_vec());
+        }
+        let cf = self.cf(CF_BODIES);
+        let values = self
+            .db
+            .multi_get_cf(bodies.iter().map(|b| (cf, b.as_slice())));
+        let mut out = Vec::with_capacity(bodies.len());
+        for (body, value) in bodies.into_iter().zip(values) {
             // Offsets are dense: a gap here would be a lost message.
             let expected = start + out.len() as u64;
-            if m.offset != expected {
-                return Err(ReadError::Corrupt(format!(
-                    "{topic}/{queue_id}: expected offset {expected}, found {}",
-                    m.offset
-                )));
-            }
-            out.push(m);
+            let m: StoredMessage = match value? {
+                Some(v) => decode("message", &v)?,
+                None => {
+                    return Err(ReadError::Corrupt(format!(
+                        "{topic}/{queue_id}: offset {expected} has no body"
+                    )));
+                }
+            };
+            check_located(topic, queue_id, expected, &m)?;
+            out.push((body, m));
         }
         Ok(out)
+    }
+
+    /// The body keys of every message whose offset-index key is in `start..end`.
+    pub(super) fn body_keys_in(&self, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, ReadError> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_MESSAGES),
+            opts,
+            IteratorMode::From(start, Direction::Forward),
+        );
+        iter.map(|item| Ok(item?.1.into_vec())).collect()
     }
 
     fn inflight(&self, pop_key: &[u8]) -> Result<Vec<(u64, Inflight)>, ReadError> {
@@ -473,7 +540,7 @@ impl StateMachineStore {
                     .message(topic, handle.queue_id, handle.offset)
                     .map_err(read_err)?
                 {
-                    self.dead_letter(p, group, m, *now_ms)?;
+                    self.dead_letter(p, log_index, group, m, *now_ms)?;
                 }
                 Ok(CommandResult::DeadLettered)
             }
@@ -530,7 +597,14 @@ impl StateMachineStore {
                     )
                     .is_ok()
                     {
-                        self.append(p, &timed.topic, timed.queue_id, *now_ms, [timed.message])?;
+                        self.append(
+                            p,
+                            log_index,
+                            &timed.topic,
+                            timed.queue_id,
+                            *now_ms,
+                            [timed.message],
+                        )?;
                     }
                     count += 1;
                 }
@@ -593,6 +667,7 @@ impl StateMachineStore {
                 }
                 let (_, _, offsets) = self.append(
                     p,
+                    log_index,
                     &half.topic,
                     half.queue_id,
                     *store_timestamp_ms,
@@ -674,6 +749,7 @@ impl StateMachineStore {
     fn dead_letter(
         &self,
         p: &mut Pending,
+        log_index: u64,
         group: &str,
         m: StoredMessage,
         now_ms: i64,
@@ -688,7 +764,7 @@ impl StateMachineStore {
             }
             self.put_topic(p, &cfg)?;
         }
-        self.append(p, &dlq, 0, now_ms, [m.message])?;
+        self.append(p, log_index, &dlq, 0, now_ms, [m.message])?;
         Ok(())
     }
 
@@ -719,7 +795,7 @@ impl StateMachineStore {
             };
             if inf.attempt >= pop.group.max_delivery_attempts {
                 p.batch.delete_cf(cf_inflight, &key);
-                self.dead_letter(p, &pop.group.name, m, pop.now_ms)?;
+                self.dead_letter(p, pop.generation, &pop.group.name, m, pop.now_ms)?;
                 continue;
             }
             let next = Inflight {
