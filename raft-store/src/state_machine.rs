@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 mod consume;
+mod recent_ids;
 pub use consume::{HalfMessage, PopReadiness, QueueProgress};
 
 use crate::limits;
@@ -90,6 +91,9 @@ const DATA_CFS: [&str; 13] = [
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// The latest store time of any message applied (be64, signed): the in-memory dedup filters
+/// cover only what is stored after it when the state is opened or installed.
+const KEY_MAX_STORE_MS: &[u8] = b"max_store_ms";
 /// Present while a snapshot is being loaded; on open it means "reload the snapshot".
 const KEY_INSTALLING: &[u8] = b"installing";
 
@@ -180,6 +184,10 @@ struct Inner {
     /// the apply path raises it, from committed state; anything that could put an entry
     /// below it lowers it first. Readers only use it.
     inflight_floor: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Ids stored since the state was opened or installed (the dedup fast path).
+    recent_ids: Mutex<recent_ids::RecentIds>,
+    /// The latest store time applied, as persisted under `KEY_MAX_STORE_MS`.
+    max_store_ms: Mutex<i64>,
 }
 
 /// Messages this process applied since it started, for rate metrics. Every node of a group
@@ -279,6 +287,18 @@ impl Inner {
     fn reload_caches(&self) -> Result<(), ReadError> {
         // A loaded snapshot replaces the in-flight table.
         self.inflight_floor.lock().expect("lock poisoned").clear();
+        // ... and the ids: the dedup filters start over from what the state holds.
+        let max_store_ms = match self.db.get_cf(self.cf(CF_META), KEY_MAX_STORE_MS)? {
+            None => i64::MIN,
+            Some(v) => i64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                ReadError::Corrupt(format!("max_store_ms has {} bytes, expected 8", v.len()))
+            })?),
+        };
+        *self.max_store_ms.lock().expect("lock poisoned") = max_store_ms;
+        self.recent_ids
+            .lock()
+            .expect("lock poisoned")
+            .reset(max_store_ms);
         let mut topics = HashMap::new();
         for item in self.db.iterator_cf(self.cf(CF_TOPICS), IteratorMode::Start) {
             let (_, v) = item?;
@@ -441,6 +461,8 @@ impl StateMachineStore {
             snapshot_lock: tokio::sync::Mutex::new(()),
             counters: AppliedCounters::default(),
             inflight_floor: Mutex::new(HashMap::new()),
+            recent_ids: Mutex::default(),
+            max_store_ms: Mutex::new(i64::MIN),
         });
         if inner
             .db
@@ -552,8 +574,11 @@ impl StateMachineStore {
         let mut q = self.queue_as_of(p, topic, queue_id);
         let first_offset = q.offset_next;
         let mut offsets = Vec::new();
+        let mut recent = inner.recent_ids.lock().expect("lock poisoned");
         for m in messages {
+            let hash = recent_ids::id_hash(topic, &m.message_id);
             if window > 0
+                && !recent.certainly_absent(hash, store_timestamp_ms.saturating_sub(window as i64))
                 && let Some(held) = self.stored_id(p, topic, &m.message_id)?
                 && held.store_ms.saturating_add(window as i64) >= store_timestamp_ms
                 && (if held.queue_id == queue_id {
@@ -575,6 +600,8 @@ impl StateMachineStore {
             let id_key = id_key(topic, &m.message_id);
             p.batch.put_cf(inner.cf(CF_IDS), &id_key, entry.encode());
             p.ids.insert(id_key, entry);
+            recent.insert(hash, store_timestamp_ms);
+            p.max_store_ms = p.max_store_ms.max(Some(store_timestamp_ms));
             for k in &m.keys {
                 p.batch.put_cf(
                     inner.cf(CF_KEYS),
@@ -689,6 +716,14 @@ impl StateMachineStore {
         if let Some(m) = p.membership.take() {
             batch.put_cf(meta, KEY_MEMBERSHIP, encode_meta(&m));
         }
+        let mut max_store_ms = self.inner.max_store_ms.lock().expect("lock poisoned");
+        if let Some(ms) = p.max_store_ms.take()
+            && ms > *max_store_ms
+        {
+            batch.put_cf(meta, KEY_MAX_STORE_MS, ms.to_be_bytes());
+            *max_store_ms = ms;
+        }
+        drop(max_store_ms);
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
         self.inner
@@ -911,6 +946,8 @@ struct Pending {
     timers_in_entry: u32,
     /// Messages the current entry has stored so far: numbers their bodies within it.
     messages_in_entry: u32,
+    /// The latest store time of the messages these entries stored.
+    max_store_ms: Option<i64>,
 }
 
 /// What [`StateMachineStore::append`] did: (first new offset, messages stored, the

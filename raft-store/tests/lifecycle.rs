@@ -239,3 +239,59 @@ async fn expiry_deletes_a_prefix_and_its_index_entries() -> anyhow::Result<()> {
     assert_eq!(r2.stored_bodies()?, 7);
     Ok(())
 }
+
+/// The in-memory dedup filters only know what was stored since the state was opened: an id
+/// stored before a restart (or a snapshot install), or with a store time from a leader whose
+/// clock was ahead, must still be found through the index.
+#[tokio::test]
+async fn dedup_holds_across_a_restart_and_a_clock_going_back() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut n = 0;
+    let mut cfg = TopicConfig::new("T", 1);
+    cfg.dedup_window_ms = 60_000;
+    {
+        let mut sm = StateMachineStore::open(dir.path())?;
+        apply(
+            &mut sm,
+            &mut n,
+            vec![
+                Command::PutTopic(cfg),
+                append(0, 100_000, vec![msg("before", "k", "x")]),
+            ],
+        )
+        .await?;
+        sm.reader().flush()?;
+    }
+    let mut sm = StateMachineStore::open(dir.path())?;
+    let r = apply(
+        &mut sm,
+        &mut n,
+        vec![
+            // A retry after the restart, and a new id.
+            append(
+                0,
+                110_000,
+                vec![msg("before", "k", "x"), msg("after", "k", "y")],
+            ),
+            // A leader whose clock is behind stamps an earlier time: the id stored "later"
+            // is still within the window of this one.
+            append(
+                0,
+                105_000,
+                vec![msg("after", "k", "y"), msg("third", "k", "z")],
+            ),
+            // Out of the window: stored again.
+            append(0, 200_000, vec![msg("before", "k", "x")]),
+        ],
+    )
+    .await?;
+    assert_eq!(
+        offsets(&r[0]),
+        vec![(0, 0), (0, 1)],
+        "the retry is the first copy"
+    );
+    assert_eq!(offsets(&r[1]), vec![(0, 1), (0, 2)]);
+    assert_eq!(offsets(&r[2]), vec![(0, 3)]);
+    assert_eq!(sm.reader().queue_state("T", 0).offset_next, 4);
+    Ok(())
+}
