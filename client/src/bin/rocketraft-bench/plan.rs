@@ -50,11 +50,11 @@ pub struct Cell {
 impl Cell {
     /// The key cells are compared by across systems and rounds.
     pub fn key(&self) -> String {
+        let mode = format!("{:?}", self.mode).to_lowercase();
         let mut k = format!(
-            "{:?} {} B, {}p x {}w x {}b",
-            self.mode, self.size, self.producers, self.window, self.batch
-        )
-        .to_lowercase();
+            "{mode} {} B, {}p x {}w x {}b",
+            self.size, self.producers, self.window, self.batch
+        );
         if let Some(f) = self.rate_fraction {
             k.push_str(&format!(" @{:.0}%", f * 100.0));
         }
@@ -198,7 +198,7 @@ mod tests {
     fn the_base_cell_comes_first_and_ci_runs_only_it() {
         let ci = cells(PlanName::Ci, SystemKind::Nats, None);
         assert_eq!(ci.len(), 1);
-        assert_eq!(ci[0].key(), "closed 1024 b, 4p x 1024w x 1b");
+        assert_eq!(ci[0].key(), "closed 1024 B, 4p x 1024w x 1b");
         let full = cells(PlanName::Full, SystemKind::Rocketraft, None);
         assert_eq!(full[0].axis, "base");
         assert!(full.iter().any(|c| c.batch == 128 && c.window == 8));

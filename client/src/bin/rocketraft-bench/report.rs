@@ -365,13 +365,19 @@ pub fn ci_summary(results: &Results) -> String {
             let v: Vec<f64> = rounds.values().map(|r| r.msgs_per_s).collect();
             let p99: Vec<f64> = rounds.values().map(|r| r.p99_us as f64).collect();
             let cpu: Vec<f64> = rounds.values().map(|r| r.server_cpu_us_per_msg).collect();
+            let disturbed = rounds.values().any(|r| r.interfered);
             let _ = writeln!(
                 out,
-                "  {:<28} {:>10} msgs/s  p99 {:>8} ms  server CPU {:>6.1} us/msg",
+                "  {:<28} {:>10} msgs/s  p99 {:>8} ms  server CPU {:>6.1} us/msg{}",
                 series_name(*s),
                 fmt_rate(spread(&v).map_or(0.0, |s| s.median)),
                 fmt_ms(spread(&p99).map_or(0.0, |s| s.median)),
-                spread(&cpu).map_or(0.0, |s| s.median)
+                spread(&cpu).map_or(0.0, |s| s.median),
+                if disturbed {
+                    "  (machine busier than the benchmark: disturbed)"
+                } else {
+                    ""
+                }
             );
         }
         if let Some(a) = series.get(&ours) {

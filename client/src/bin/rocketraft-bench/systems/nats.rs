@@ -13,6 +13,10 @@ use super::{CALL_TIMEOUT, retry_until_ready};
 
 /// Messages a pull request asks for at once.
 const PULL_BATCH: usize = 1000;
+/// How long one JetStream API request (stream create or delete) may take. Short, so that a
+/// request sent before the cluster elected its meta leader is retried soon rather than
+/// waited on for the whole CALL_TIMEOUT.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn subject(stream: &str) -> String {
     format!("bench.{stream}")
@@ -31,8 +35,14 @@ async fn connect(urls: &[String]) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("connecting to NATS at {}", urls.join(",")))
 }
 
+fn admin(client: async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(API_TIMEOUT)
+        .build(client)
+}
+
 pub async fn create(urls: &[String], name: &str) -> anyhow::Result<()> {
-    let js = jetstream::new(connect(urls).await?);
+    let js = admin(connect(urls).await?);
     let config = stream::Config {
         name: name.into(),
         subjects: vec![subject(name)],
@@ -49,7 +59,7 @@ pub async fn create(urls: &[String], name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn delete(urls: &[String], name: &str) -> anyhow::Result<()> {
-    let js = jetstream::new(connect(urls).await?);
+    let js = admin(connect(urls).await?);
     js.delete_stream(name).await?;
     Ok(())
 }
