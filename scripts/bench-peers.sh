@@ -124,6 +124,9 @@ done
 scratch=$(mktemp -d /tmp/rocketraft-bench-scratch.XXXXXX)
 pids=()        # every process this script started, stopped by PID
 rabbit_nodes=() # RabbitMQ node names, stopped with rabbitmqctl first
+rabbit_home=""  # RabbitMQ's HOME (Erlang cookie), epmd's port and PID, while one runs
+epmd_port=""
+epmd_pid=""
 
 stop_pids() {
   local p
@@ -144,6 +147,12 @@ stop_cluster() {
   done
   rabbit_nodes=()
   stop_pids
+  # epmd last: a RabbitMQ CLI that finds no epmd on its port starts a daemon of its own.
+  if [ -n "$epmd_pid" ]; then
+    pids=("$epmd_pid")
+    epmd_pid=""
+    stop_pids
+  fi
 }
 cleanup() {
   local rc=$?
@@ -263,8 +272,6 @@ start_nats() { # start_nats DIR always|default
   kind=nats
 }
 
-rabbit_home=""
-epmd_port=""
 # Not /usr/sbin/rabbitmqctl: as root, Debian's wrapper runs it as user rabbitmq, with that
 # user's HOME and so another Erlang cookie.
 rabbitmqctl=/usr/lib/rabbitmq/bin/rabbitmqctl
@@ -284,7 +291,7 @@ start_rabbitmq() { # start_rabbitmq DIR
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$rabbit_home/.erlang.cookie"
   chmod 400 "$rabbit_home/.erlang.cookie"
   epmd -port "$epmd_port" >"$dir/epmd.log" 2>&1 &
-  pids+=($!)
+  epmd_pid=$!
   wait_port "$epmd_port"
   server_pids=""
   for i in 1 2 3; do
