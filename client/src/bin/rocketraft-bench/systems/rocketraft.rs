@@ -1,0 +1,134 @@
+//! rocketraft through our client library, as an application would use it: routes from the
+//! nameserver, sends and receives over the official `apache.rocketmq.v2` API.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use rocketraft_client::admin::{Admin, TopicSpec};
+use rocketraft_client::{ClientConfig, Filter, Message, Producer, SimpleConsumer};
+
+use super::{CALL_TIMEOUT, retry_until_ready};
+
+/// Queues per benchmark topic: RocketMQ's default (`defaultTopicQueueNums`).
+const QUEUES: u32 = 8;
+/// How long a received message stays invisible to the group: far longer than any cell.
+const INVISIBLE: Duration = Duration::from_secs(300);
+
+fn config(nameservers: &[String]) -> ClientConfig {
+    let mut c = ClientConfig::new(nameservers.iter().cloned());
+    // A deep window at a slow rate queues sends for seconds; the benchmark times calls out
+    // itself (CALL_TIMEOUT) and counts those as errors.
+    c.request_timeout = CALL_TIMEOUT;
+    c
+}
+
+async fn admin(nameservers: &[String]) -> anyhow::Result<Admin> {
+    let ns = nameservers
+        .first()
+        .context("rocketraft needs a nameserver endpoint")?;
+    Admin::connect(ns).await
+}
+
+pub async fn create(nameservers: &[String], topic: &str) -> anyhow::Result<()> {
+    let spec = TopicSpec {
+        name: topic.into(),
+        queues: QUEUES,
+        ..Default::default()
+    };
+    retry_until_ready(&format!("creating topic {topic}"), || async {
+        admin(nameservers)
+            .await?
+            .create_topic(&spec)
+            .await
+            .map(|_| ())
+    })
+    .await
+}
+
+pub async fn delete(nameservers: &[String], topic: &str) -> anyhow::Result<()> {
+    admin(nameservers).await?.delete_topic(topic, &[]).await?;
+    Ok(())
+}
+
+#[derive(Clone)]
+pub struct Pub {
+    producer: Producer,
+    topic: String,
+}
+
+impl Pub {
+    pub async fn new(nameservers: &[String], topic: &str, window: usize) -> anyhow::Result<Self> {
+        let producer = Producer::builder(config(nameservers))
+            .topics([topic.to_string()])
+            .max_in_flight(window)
+            // No retries: a retried send would be measured twice; failures are counted.
+            .retries(1, Duration::from_millis(1), Duration::from_millis(1))
+            .build()
+            .await
+            .with_context(|| format!("starting a producer for topic {topic}"))?;
+        Ok(Self {
+            producer,
+            topic: topic.into(),
+        })
+    }
+
+    pub async fn publish(&self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
+        if bodies.len() == 1 {
+            let body = bodies.into_iter().next().context("one body")?;
+            self.producer
+                .send(Message::new(self.topic.clone(), body))
+                .await?;
+        } else {
+            let messages = bodies
+                .into_iter()
+                .map(|b| Message::new(self.topic.clone(), b))
+                .collect();
+            self.producer.send_batch(messages).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.producer.close().await;
+    }
+}
+
+pub struct Sub {
+    consumer: SimpleConsumer,
+    batch: u32,
+}
+
+impl Sub {
+    pub async fn new(
+        nameservers: &[String],
+        topic: &str,
+        group: &str,
+        batch: u32,
+    ) -> anyhow::Result<Self> {
+        let consumer = SimpleConsumer::builder(config(nameservers), group)
+            .subscribe(topic, Filter::all())
+            .await_duration(Duration::from_millis(500))
+            .build()
+            .await
+            .with_context(|| format!("starting consumer group {group} on topic {topic}"))?;
+        Ok(Self {
+            consumer,
+            batch: batch.max(1),
+        })
+    }
+
+    /// One receive (long-polling up to the consumer's await duration when empty) and one
+    /// ack request for everything it returned, as a high-throughput consumer would.
+    pub async fn receive(&mut self, out: &mut Vec<Bytes>, _wait: Duration) -> anyhow::Result<()> {
+        let got = self.consumer.receive(self.batch, INVISIBLE).await?;
+        if got.is_empty() {
+            return Ok(());
+        }
+        self.consumer.ack_all(&got).await?;
+        out.extend(got.into_iter().map(|m| m.body));
+        Ok(())
+    }
+
+    pub async fn close(self) {}
+}
