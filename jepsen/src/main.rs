@@ -67,6 +67,10 @@ enum Cmd {
         /// JSON status file, rewritten after the mount and after every drop.
         #[arg(long)]
         status: Option<PathBuf>,
+        /// fsync syncs nothing: a disk that lies, for checking that the harness catches the
+        /// lost writes (runs set it with ROCKETRAFT_JEPSEN_LAZYFS_IGNORE_FSYNC=1).
+        #[arg(long)]
+        ignore_fsync: bool,
     },
 }
 
@@ -107,9 +111,12 @@ fn main() -> ExitCode {
         backing,
         mount,
         status,
+        ignore_fsync,
     } = &cli.cmd
     {
-        return match rocketraft_jepsen::lazyfs::serve(backing, mount, status.as_deref()) {
+        let served =
+            rocketraft_jepsen::lazyfs::serve(backing, mount, status.as_deref(), *ignore_fsync);
+        return match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rocketraft-jepsen lazyfs: {e:#}");

@@ -23,8 +23,9 @@ use crate::cluster::{Cluster, Role, group_status};
 const CATCH_UP_MS: u64 = 20_000;
 /// A change call gives up after this long; its outcome is then unknown.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long resolving may wait for a leader to ask.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long resolving may wait for a leader to ask. Short: during other faults the group
+/// may have no leader for a while, and the nemesis must not hold those faults much longer.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The membership as the leader reported it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -180,6 +180,9 @@ pub struct Nemesis {
     pub quiet: (f64, f64),
     /// The running clock strobe, stopped when its fault ends.
     strobe: Option<tokio::task::JoinHandle<()>>,
+    /// Classes still to draw before any repeats (a shuffle bag), so that a run with k
+    /// classes sees each of them within its first k faults.
+    bag: Vec<FaultKind>,
 }
 
 impl Nemesis {
@@ -195,7 +198,17 @@ impl Nemesis {
             hold: (3.0, 8.0),
             quiet: (2.0, 6.0),
             strobe: None,
+            bag: Vec::new(),
         }
+    }
+
+    /// The next fault class: drawn from the bag, refilled and shuffled when empty.
+    fn next_kind(&mut self) -> Option<FaultKind> {
+        if self.bag.is_empty() {
+            self.bag = self.faults.clone();
+            self.bag.shuffle(&mut self.rng);
+        }
+        self.bag.pop()
     }
 
     fn now_ns(&self) -> u64 {
@@ -250,7 +263,7 @@ impl Nemesis {
                 break;
             }
             tokio::time::sleep(Duration::from_secs_f64(quiet)).await;
-            let Some(kind) = self.faults.choose(&mut self.rng).copied() else {
+            let Some(kind) = self.next_kind() else {
                 break;
             };
             match kind {

@@ -44,8 +44,14 @@ pub struct Status {
     pub synced_bytes: u64,
 }
 
-/// Mounts `backing` at `mount` and serves until `SIGTERM` or `SIGINT`.
-pub fn serve(backing: &Path, mount: &Path, status_path: Option<&Path>) -> Result<()> {
+/// Mounts `backing` at `mount` and serves until `SIGTERM` or `SIGINT`. With
+/// `ignore_fsync`, fsync syncs nothing (a disk that lies), to check that the harness notices.
+pub fn serve(
+    backing: &Path,
+    mount: &Path,
+    status_path: Option<&Path>,
+    ignore_fsync: bool,
+) -> Result<()> {
     // Blocked before any thread starts, so every thread inherits the mask and only the
     // control loop below ever sees these signals.
     let mut signals = SigSet::empty();
@@ -59,7 +65,7 @@ pub fn serve(backing: &Path, mount: &Path, status_path: Option<&Path>) -> Result
     std::fs::create_dir_all(mount)
         .with_context(|| format!("creating the mount point {}", mount.display()))?;
     let root = backing.canonicalize()?;
-    let state = Arc::new(Mutex::new(State::new(root)));
+    let state = Arc::new(Mutex::new(State::new(root, ignore_fsync)));
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("rocketraft-lazyfs".into()),
@@ -75,34 +81,29 @@ pub fn serve(backing: &Path, mount: &Path, status_path: Option<&Path>) -> Result
         ..Status::default()
     };
     write_status(status_path, &status)?;
-    loop {
-        match signals.wait().context("waiting for a signal")? {
-            Signal::SIGUSR1 => {
-                let (report, inodes) = state
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .drop_unsynced();
-                // The kernel may still cache pages or sizes from before the drop; they
-                // must not survive it. (Outside the state lock: the kernel may need a FUSE
-                // request answered to invalidate.)
-                for ino in inodes {
-                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-                }
-                eprintln!(
-                    "lazyfs: dropped {} unsynced bytes in {} files",
-                    report.bytes,
-                    report.files.len()
-                );
-                status.drops += 1;
-                status.last_drop = Some(report);
-                status.synced_bytes = state
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .synced_bytes;
-                write_status(status_path, &status)?;
-            }
-            _ => break,
+    while signals.wait().context("waiting for a signal")? == Signal::SIGUSR1 {
+        let (report, inodes) = state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drop_unsynced();
+        // The kernel may still cache pages or sizes from before the drop; they
+        // must not survive it. (Outside the state lock: the kernel may need a FUSE
+        // request answered to invalidate.)
+        for ino in inodes {
+            let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
         }
+        eprintln!(
+            "lazyfs: dropped {} unsynced bytes in {} files",
+            report.bytes,
+            report.files.len()
+        );
+        status.drops += 1;
+        status.last_drop = Some(report);
+        status.synced_bytes = state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .synced_bytes;
+        write_status(status_path, &status)?;
     }
     // Detach: a process that still has a file open must not keep us from exiting. The
     // kernel ends the connection when the last user goes or when our fd closes at exit.

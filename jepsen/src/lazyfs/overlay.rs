@@ -123,7 +123,7 @@ impl Overlay {
             self.pages.retain(|idx, _| *idx < first_gone);
             // The page holding the new end keeps its head; its tail must read as zeros if
             // the file grows again.
-            if len % PAGE != 0
+            if !len.is_multiple_of(PAGE)
                 && let Some(p) = self.pages.get_mut(&(len / PAGE))
             {
                 p[(len % PAGE) as usize..].fill(0);

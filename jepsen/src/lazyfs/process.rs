@@ -11,6 +11,10 @@ use nix::unistd::Pid;
 
 use super::{DropReport, Status};
 
+/// Set to 1, lazyfs mounts ignore fsync (a disk that lies): the harness's self-test that
+/// lost acknowledged writes are caught. Never set in real runs.
+pub const IGNORE_FSYNC_ENV: &str = "ROCKETRAFT_JEPSEN_LAZYFS_IGNORE_FSYNC";
+
 /// How long a mount or a drop may take before we call the daemon broken.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,12 +40,16 @@ impl LazyFsProcess {
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let child = Command::new(jepsen_bin)
-            .arg("lazyfs")
+        let mut cmd = Command::new(jepsen_bin);
+        cmd.arg("lazyfs")
             .arg(backing)
             .arg(mount)
             .arg("--status")
-            .arg(&status)
+            .arg(&status);
+        if std::env::var(IGNORE_FSYNC_ENV).is_ok_and(|v| v == "1") {
+            cmd.arg("--ignore-fsync");
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
