@@ -491,6 +491,20 @@ impl Cluster {
         }
     }
 
+    /// Nodes whose process ended without the harness stopping it (a crash, or a refusal to
+    /// start), with how it ended.
+    pub fn exited(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &mut self.nodes {
+            if let Some(c) = n.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                out.push(format!("node {}: {status}", n.id));
+            }
+        }
+        out
+    }
+
     /// The last lines of every node's log, for failure reports.
     pub fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();

@@ -168,31 +168,47 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     cluster.net.heal()?;
     cluster.reset_clocks()?;
     cluster.restore_all()?;
+    // A group that elects no leader once every fault is undone has failed (liveness); its
+    // history is still checked for what it did before.
+    let mut not_healed = None;
     let final_membership = if opts.faults.contains(&FaultKind::Membership) {
-        Some(membership::finish(cluster).await?)
+        match membership::finish(cluster).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                not_healed = Some(format!("{e:#}"));
+                None
+            }
+        }
     } else {
         None
     };
     let _ = stop_tx.send(true);
     let _ = load.await;
-    cluster
-        .wait_leader(Duration::from_secs(60))
-        .await
-        .context("after healing")?;
-    tokio::time::sleep(opts.quiet).await;
-
-    let not_live = liveness(opts, &clients, &history, &ids).await;
-    cluster.wait_caught_up(Duration::from_secs(60)).await?;
-    let drain_unfinished = workload::drain(
-        &opts.log,
-        &clients,
-        &history,
-        &ids,
-        Instant::now() + Duration::from_secs(60),
-    )
-    .await;
-    history.flush()?;
-    let (replica_divergence, stored) = replicas(opts, cluster).await?;
+    if not_healed.is_none()
+        && let Err(e) = cluster.wait_leader(Duration::from_secs(60)).await
+    {
+        not_healed = Some(format!("{e:#}"));
+    }
+    let (not_live, drain_unfinished, replica_divergence, stored) = if not_healed.is_none() {
+        tokio::time::sleep(opts.quiet).await;
+        let not_live = liveness(opts, &clients, &history, &ids).await;
+        cluster.wait_caught_up(Duration::from_secs(60)).await?;
+        let drain_unfinished = workload::drain(
+            &opts.log,
+            &clients,
+            &history,
+            &ids,
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await;
+        history.flush()?;
+        let (replica_divergence, stored) = replicas(opts, cluster).await?;
+        (not_live, drain_unfinished, replica_divergence, stored)
+    } else {
+        history.flush()?;
+        let keys: Vec<Key> = (0..opts.log.keys).collect();
+        (keys.clone(), keys, Vec::new(), StoreTimes::new())
+    };
     let leader_changes = monitor.await.unwrap_or(0);
 
     let ops = history.ops();
@@ -213,6 +229,17 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     let clock_skew_seen = skew_seen(&ops, &stored, wall_start_ms);
 
     let mut failures = Vec::new();
+    if let Some(why) = &not_healed {
+        let exited = cluster.exited();
+        failures.push(format!(
+            "no leader after healing ({why}){}",
+            if exited.is_empty() {
+                String::new()
+            } else {
+                format!("; nodes that exited on their own: {}", exited.join("; "))
+            }
+        ));
+    }
     let mut unknown_reasons = log.unknown_reasons.clone();
     if log.valid == Validity::Fail {
         failures.push(format!(
