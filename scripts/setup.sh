@@ -2,8 +2,9 @@
 # Installs what building and testing rocketraft needs beyond a Rust toolchain:
 # - clang and libclang, for RocksDB's bindgen and C++ build;
 # - a virtualenv with the official RocketMQ 5 Python client, for the interop tests;
-# - iproute2 and nftables, for the jepsen harness's network namespaces and partitions, and
-#   fonts-dejavu-core, the font of its plots.
+# - iproute2 and nftables, for the jepsen harness's network namespaces and partitions,
+#   fonts-dejavu-core, the font of its plots, libfaketime (package faketime), for its clock
+#   faults, and fuse3 (fusermount3, to clean up a lazyfs mount by hand).
 # Safe to run again; installs only what is missing.
 set -euo pipefail
 
@@ -20,7 +21,8 @@ apt_install() {
 }
 
 need=()
-for pkg in clang libclang-dev python3 python3-venv iproute2 nftables fonts-dejavu-core; do
+for pkg in clang libclang-dev python3 python3-venv iproute2 nftables fonts-dejavu-core \
+  faketime fuse3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"

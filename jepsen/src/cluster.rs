@@ -1,5 +1,14 @@
-//! The cluster under test: one broker group, each node a `rocketraft-broker` process in its
-//! own network namespace ([`crate::netns`]), started, killed, paused and restarted by PID.
+//! The cluster under test: one broker group, each node a `rocketraft-broker` process in a
+//! network namespace of its own ([`crate::netns`]), started, killed, paused and restarted by
+//! PID.
+//!
+//! Node ids and namespaces ("slots") are separate: the initial nodes 1..=n live in slots
+//! 0..n, and a membership change adds a node with a fresh id (and a fresh data directory) in
+//! whichever spare slot is free, so a slot whose node was removed can host a new one. Ids
+//! are never reused: a removed node's id with new, empty state could vote twice in a term.
+//!
+//! Options per run: a lazyfs mount under each node's data directory (for lost-unfsynced-
+//! writes faults, [`crate::lazyfs`]) and a libfaketime clock per node ([`crate::clock`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -10,8 +19,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rocketraft_proto::admin as pb;
 use rocketraft_proto::admin::broker_admin_client::BrokerAdminClient;
+use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::clock::NodeClock;
+use crate::lazyfs::DropReport;
+use crate::lazyfs::process::LazyFsProcess;
 use crate::netns::Net;
 
 /// Every node listens on this port on its own address. A fixed port is safe here: each
@@ -19,68 +32,165 @@ use crate::netns::Net;
 pub const BROKER_PORT: u16 = 7000;
 pub const GROUP: &str = "g1";
 
+/// Where a node stands in the group, as the harness last confirmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Voter,
+    Learner,
+    /// Started with `--join`, not yet confirmed a member.
+    Joining,
+    /// Out of the group; its process is stopped and its slot free.
+    Removed,
+}
+
 pub struct Node {
     pub id: u64,
+    pub slot: usize,
     pub addr: String,
-    data_dir: PathBuf,
+    pub role: Role,
+    /// Started with `--join` (added by a membership change) rather than `--members`.
+    joined: bool,
+    dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    lazyfs: Option<LazyFsProcess>,
+    clock: Option<NodeClock>,
+}
+
+impl Node {
+    /// The broker's data directory (the lazyfs mount point when lazyfs is on).
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub size: usize,
+    /// Namespaces beyond `size` for nodes that membership changes add.
+    pub spares: usize,
+    pub broker_bin: PathBuf,
+    /// This harness's own binary, which serves lazyfs mounts (`rocketraft-jepsen lazyfs`).
+    pub jepsen_bin: PathBuf,
+    /// Each node's data directory on a lazyfs mount.
+    pub lazyfs: bool,
+    /// libfaketime, to give each node a clock of its own.
+    pub faketime: Option<PathBuf>,
 }
 
 pub struct Cluster {
     pub net: Net,
-    broker_bin: PathBuf,
+    opts: ClusterOptions,
+    dir: PathBuf,
+    /// Every node of the run, removed ones too (their logs stay readable).
     pub nodes: Vec<Node>,
     members: String,
+    next_id: u64,
 }
 
 /// What a node answered about its group, or why it did not.
 pub type Status = Result<pb::GroupStatusResponse>;
 
 impl Cluster {
-    /// Creates the network and starts every node; node ids are 1-based, node `id` lives in
-    /// namespace `id - 1`.
+    /// Creates the network and starts `size` nodes, with no options.
     pub fn start(size: usize, broker_bin: &Path, dir: &Path) -> Result<Self> {
-        if !broker_bin.is_file() {
+        Self::start_with(
+            &ClusterOptions {
+                size,
+                spares: 0,
+                broker_bin: broker_bin.to_path_buf(),
+                jepsen_bin: std::env::current_exe()?,
+                lazyfs: false,
+                faketime: None,
+            },
+            dir,
+        )
+    }
+
+    /// Creates the network and starts every initial node; node ids are 1-based, node `id`
+    /// starts in slot `id - 1`.
+    pub fn start_with(opts: &ClusterOptions, dir: &Path) -> Result<Self> {
+        if !opts.broker_bin.is_file() {
             bail!(
                 "broker binary {} not found (build it: cargo build --workspace --bins)",
-                broker_bin.display()
+                opts.broker_bin.display()
             );
         }
-        let net = Net::create(size)?;
-        let nodes: Vec<Node> = (0..size)
-            .map(|i| {
-                let id = i as u64 + 1;
-                Node {
-                    id,
-                    addr: format!("{}:{BROKER_PORT}", net.ip(i)),
-                    data_dir: dir.join(format!("n{id}/data")),
-                    log: dir.join(format!("n{id}/broker.log")),
-                    child: None,
-                    paused: false,
-                }
-            })
-            .collect();
-        let members = nodes
+        let net = Net::create(opts.size + opts.spares)?;
+        let mut cluster = Self {
+            net,
+            opts: opts.clone(),
+            dir: dir.to_path_buf(),
+            nodes: Vec::new(),
+            members: String::new(),
+            next_id: 1,
+        };
+        for slot in 0..opts.size {
+            cluster.new_node(slot, Role::Voter, false)?;
+        }
+        cluster.members = cluster
+            .nodes
             .iter()
             .map(|n| format!("{}={}", n.id, n.addr))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
-            net,
-            broker_bin: broker_bin.to_path_buf(),
-            nodes,
-            members,
-        };
         for id in cluster.ids() {
             cluster.spawn(id)?;
         }
         Ok(cluster)
     }
 
+    fn new_node(&mut self, slot: usize, role: Role, joined: bool) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let dir = self.dir.join(format!("n{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let clock = match &self.opts.faketime {
+            Some(_) => Some(NodeClock::create(dir.join("faketime"))?),
+            None => None,
+        };
+        self.nodes.push(Node {
+            id,
+            slot,
+            addr: format!("{}:{BROKER_PORT}", self.net.ip(slot)),
+            role,
+            joined,
+            log: dir.join("broker.log"),
+            dir,
+            child: None,
+            paused: false,
+            lazyfs: None,
+            clock,
+        });
+        Ok(id)
+    }
+
+    /// Voters and learners: the nodes faults act on and final reads check.
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.role, Role::Voter | Role::Learner))
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn voters(&self) -> Vec<u64> {
+        self.with_role(Role::Voter)
+    }
+
+    pub fn with_role(&self, role: Role) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == role)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The initial group size.
+    pub fn size(&self) -> usize {
+        self.opts.size
     }
 
     fn node_mut(&mut self, id: u64) -> Result<&mut Node> {
@@ -97,33 +207,72 @@ impl Cluster {
             .with_context(|| format!("no node {id}"))
     }
 
+    pub fn slot(&self, id: u64) -> Result<usize> {
+        Ok(self.node(id)?.slot)
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.node(id).is_ok_and(|n| n.child.is_some())
     }
 
-    /// Starts node `id` if it is not running (a restart keeps its data dir).
+    /// A slot no node occupies (for a node to add), if any.
+    pub fn free_slot(&self) -> Option<usize> {
+        (0..self.net.nodes()).find(|s| {
+            !self
+                .nodes
+                .iter()
+                .any(|n| n.slot == *s && n.role != Role::Removed)
+        })
+    }
+
+    /// Starts node `id` if it is not running (a restart keeps its data). A removed node
+    /// stays down.
     pub fn spawn(&mut self, id: u64) -> Result<()> {
-        let i = (id - 1) as usize;
-        let mut cmd = self.net.command(i, &self.broker_bin);
-        let members = self.members.clone();
-        let node = self.node_mut(id)?;
-        if node.child.is_some() {
+        let node = self.node(id)?;
+        if node.child.is_some() || node.role == Role::Removed {
             return Ok(());
         }
-        std::fs::create_dir_all(&node.data_dir)?;
+        let slot = node.slot;
+        let mut cmd = self.net.command(slot, &self.opts.broker_bin);
+        let members = self.members.clone();
+        let (jepsen_bin, lazyfs, faketime, broker_bin) = (
+            self.opts.jepsen_bin.clone(),
+            self.opts.lazyfs,
+            self.opts.faketime.clone(),
+            self.opts.broker_bin.clone(),
+        );
+        let node = self.node_mut(id)?;
+        let data_dir = node.data_dir();
+        if lazyfs && node.lazyfs.is_none() {
+            node.lazyfs = Some(LazyFsProcess::start(
+                &jepsen_bin,
+                &node.dir.join("backing"),
+                &data_dir,
+                &node.dir.join("lazyfs.log"),
+            )?);
+        }
+        std::fs::create_dir_all(&data_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&node.log)
             .with_context(|| format!("opening {}", node.log.display()))?;
         cmd.args(["--node-id", &id.to_string(), "--group", GROUP])
-            .args(["--listen", &node.addr, "--members", &members])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
+            .args(["--listen", &node.addr]);
+        if node.joined {
+            cmd.arg("--join");
+        } else {
+            cmd.args(["--members", &members]);
+        }
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
             .env("ROCKETRAFT_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
+        if let (Some(lib), Some(clock)) = (&faketime, &node.clock) {
+            clock.apply(&mut cmd, lib, &broker_bin);
+        }
         let child = cmd.spawn().with_context(|| format!("starting node {id}"))?;
         node.child = Some(child);
         node.paused = false;
@@ -134,11 +283,27 @@ impl Cluster {
     pub fn kill(&mut self, id: u64) -> Result<()> {
         let node = self.node_mut(id)?;
         if let Some(mut child) = node.child.take() {
+            // A stopped process dies of SIGKILL too, but resuming first lets it be reaped
+            // at once.
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
             child.kill().with_context(|| format!("killing node {id}"))?;
             child.wait()?;
         }
         node.paused = false;
         Ok(())
+    }
+
+    /// Kills node `id` and throws away everything its storage had not fsynced: a power
+    /// loss of that node. Needs the cluster started with lazyfs.
+    pub fn kill_and_lose_unsynced(&mut self, id: u64) -> Result<DropReport> {
+        self.kill(id)?;
+        let node = self.node_mut(id)?;
+        let fs = node
+            .lazyfs
+            .as_mut()
+            .context("lost writes need lazyfs (the cluster was started without it)")?;
+        fs.drop_unsynced()
+            .with_context(|| format!("dropping node {id}'s unsynced writes"))
     }
 
     pub fn pause(&mut self, id: u64) -> Result<()> {
@@ -161,6 +326,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node `id`'s clock, when the cluster runs with libfaketime.
+    pub fn clock(&self, id: u64) -> Result<&NodeClock> {
+        self.node(id)?
+            .clock
+            .as_ref()
+            .context("clock faults need libfaketime (the cluster was started without it)")
+    }
+
+    /// Puts every node's clock back on real time.
+    pub fn reset_clocks(&self) -> Result<()> {
+        for n in &self.nodes {
+            if let Some(c) = &n.clock {
+                c.set_offset_ms(0)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Undoes every process fault: resumes paused nodes and starts killed ones.
     pub fn restore_all(&mut self) -> Result<()> {
         for id in self.ids() {
@@ -172,16 +355,49 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts a new node with `--join` in a free slot; it waits there until a membership
+    /// change adds it. Returns its id.
+    pub fn start_joining(&mut self) -> Result<u64> {
+        let slot = self
+            .free_slot()
+            .context("no free slot for a new node (all spares in use)")?;
+        let id = self.new_node(slot, Role::Joining, true)?;
+        self.spawn(id)?;
+        Ok(id)
+    }
+
+    /// Records what the group says node `id` is; a node out of the group is stopped (its
+    /// data stays on disk for the post-mortem, and a later add gets a new id and directory).
+    pub fn set_role(&mut self, id: u64, role: Role) -> Result<()> {
+        if role == Role::Removed {
+            self.kill(id)?;
+            if let Some(mut fs) = self.node_mut(id)?.lazyfs.take() {
+                fs.stop();
+            }
+        }
+        self.node_mut(id)?.role = role;
+        Ok(())
+    }
+
     fn admin(&self, id: u64, timeout: Duration) -> Result<BrokerAdminClient<Channel>> {
         admin_client(&self.node(id)?.addr, timeout)
+    }
+
+    /// An admin client of node `id` whose calls give up after `timeout`.
+    pub fn admin_of(&self, id: u64, timeout: Duration) -> Result<BrokerAdminClient<Channel>> {
+        self.admin(id, timeout)
     }
 
     pub async fn status(&self, id: u64) -> Status {
         group_status(&self.node(id)?.addr).await
     }
 
+    /// Every slot's address, whether a node runs there or not: the clients spread over
+    /// all of them, so nodes that membership changes add get traffic too.
     pub fn addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.addr.clone()).collect()
+        (0..self.net.nodes())
+            .map(|s| format!("{}:{BROKER_PORT}", self.net.ip(s)))
+            .collect()
     }
 
     pub async fn leader(&self) -> Option<(u64, u64)> {
@@ -201,7 +417,7 @@ impl Cluster {
         }
     }
 
-    /// Waits until every node has applied what the leader has committed.
+    /// Waits until every member has applied what the leader has committed.
     pub async fn wait_caught_up(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -275,6 +491,20 @@ impl Cluster {
         }
     }
 
+    /// Nodes whose process ended without the harness stopping it (a crash, or a refusal to
+    /// start), with how it ended.
+    pub fn exited(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &mut self.nodes {
+            if let Some(c) = n.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                out.push(format!("node {}: {status}", n.id));
+            }
+        }
+        out
+    }
+
     /// The last lines of every node's log, for failure reports.
     pub fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
@@ -290,13 +520,17 @@ impl Cluster {
         out
     }
 
-    /// Stops every node by PID (paused ones are resumed first so SIGKILL is delivered).
+    /// Stops every node by PID (paused ones are resumed first so SIGKILL is delivered),
+    /// then their lazyfs mounts.
     pub fn stop_all(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut child) = n.child.take() {
                 let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+            if let Some(mut fs) = n.lazyfs.take() {
+                fs.stop();
             }
         }
     }
@@ -320,20 +554,27 @@ pub async fn group_status(addr: &str) -> Status {
 }
 
 /// The leader (node id, term) the nodes at `addrs` agree on: the highest term any node
-/// leads in, if a majority of all nodes names that leader in that term.
+/// leads in, if a majority of that leader's voters names it leader in that term. (The
+/// voters come from the leader's own view, as membership changes move the majority.)
 pub async fn agreed_leader(addrs: &[String]) -> Option<(u64, u64)> {
     let statuses = futures::future::join_all(addrs.iter().map(|a| group_status(a))).await;
     let ok: Vec<_> = statuses.into_iter().filter_map(Result::ok).collect();
-    let (term, leader) = ok
+    let lead = ok
         .iter()
         .filter(|s| s.role == "Leader")
-        .map(|s| (s.term, s.node_id))
-        .max()?;
+        .max_by_key(|s| (s.term, s.node_id))?;
+    let (term, leader) = (lead.term, lead.node_id);
+    let voters: Vec<u64> = lead
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.node_id)
+        .collect();
     let agree = ok
         .iter()
-        .filter(|s| s.term == term && s.leader_id == Some(leader))
+        .filter(|s| s.term == term && s.leader_id == Some(leader) && voters.contains(&s.node_id))
         .count();
-    (agree * 2 > addrs.len()).then_some((leader, term))
+    (agree * 2 > voters.len()).then_some((leader, term))
 }
 
 impl Drop for Cluster {

@@ -4,6 +4,9 @@
 //! - [`netns`]: a private network per run (a namespace per node, `nft` partitions);
 //! - [`cluster`]: the broker nodes in it, started, killed, paused by PID;
 //! - [`nemesis`]: the seeded fault schedule;
+//! - [`membership`]: membership changes as faults, and reading the membership back;
+//! - [`lazyfs`]: the FUSE layer that loses unfsynced writes (`rocketraft-jepsen lazyfs`);
+//! - [`clock`]: per-node wall-clock skew through libfaketime;
 //! - [`workload`]: the log workload's clients (official v2 API) and final reads;
 //! - [`history`]: the JSON-lines history of operations;
 //! - [`checker`]: the analyses (the log checker, a port of Jepsen's Kafka workload);
@@ -13,8 +16,11 @@
 //! See `docs/jepsen.md`.
 
 pub mod checker;
+pub mod clock;
 pub mod cluster;
 pub mod history;
+pub mod lazyfs;
+pub mod membership;
 pub mod nemesis;
 pub mod netns;
 pub mod plot;

@@ -2,7 +2,9 @@
 //!
 //! - `run`: one run with the chosen faults;
 //! - `suite smoke|long`: the fixed sets of runs CI and the published results use;
-//! - `check`: checks a saved history again.
+//! - `check`: checks a saved history again;
+//! - `lazyfs`: serves one lazyfs mount (the harness starts one per node for lost-write
+//!   faults; see `rocketraft_jepsen::lazyfs`).
 //!
 //! Exit code: 0 every run passed, 1 some run failed a check, 2 some run was inconclusive
 //! (too few operations, faults that did not apply, no leader change), 3 the harness broke.
@@ -35,15 +37,16 @@ enum Cmd {
     Run {
         #[command(flatten)]
         common: Common,
-        /// Faults, comma-separated: kill, pause, partition (or none).
+        /// Faults, comma-separated: kill, pause, partition, membership, lose-unfsynced,
+        /// pause-kill, clock (or none).
         #[arg(long, default_value = "kill,pause,partition")]
         nemesis: String,
         /// Seed of the workload and the nemesis schedule; random if unset.
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// A fixed set of runs: smoke (CI: kill, pause, partition, mixed) or long (each fault
-    /// class 10 times, and a 5-node group for bridge and ring partitions).
+    /// A fixed set of runs: smoke (CI: kill, pause, partition, mixed, pause-kill) or long
+    /// (each fault class 10 times, mixes, and 5-node groups for bridge and ring partitions).
     Suite {
         #[command(flatten)]
         common: Common,
@@ -55,6 +58,20 @@ enum Cmd {
     },
     /// Checks a saved history.jsonl again and prints the log checker's report.
     Check { history: PathBuf },
+    /// Mounts `backing` at `mount` through a FUSE layer that keeps written data in memory
+    /// until it is fsynced. SIGUSR1 drops every unsynced write (a power loss); SIGTERM
+    /// unmounts. Needs root (or FUSE rights) and /dev/fuse.
+    Lazyfs {
+        backing: PathBuf,
+        mount: PathBuf,
+        /// JSON status file, rewritten after the mount and after every drop.
+        #[arg(long)]
+        status: Option<PathBuf>,
+        /// fsync syncs nothing: a disk that lies, for checking that the harness catches the
+        /// lost writes (runs set it with ROCKETRAFT_JEPSEN_LAZYFS_IGNORE_FSYNC=1).
+        #[arg(long)]
+        ignore_fsync: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -88,6 +105,25 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // lazyfs runs without a tokio runtime: its control signals must be blocked in every
+    // thread of the process, which only works if it blocks them before any thread starts.
+    if let Cmd::Lazyfs {
+        backing,
+        mount,
+        status,
+        ignore_fsync,
+    } = &cli.cmd
+    {
+        let served =
+            rocketraft_jepsen::lazyfs::serve(backing, mount, status.as_deref(), *ignore_fsync);
+        return match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rocketraft-jepsen lazyfs: {e:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -106,6 +142,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(cmd: Cmd) -> Result<u8> {
     match cmd {
+        Cmd::Lazyfs { .. } => anyhow::bail!("lazyfs is served before the runtime starts"),
         Cmd::Run {
             common,
             nemesis,
@@ -172,6 +209,7 @@ fn suite(which: &str) -> Result<Vec<(&'static str, Option<usize>, usize)>> {
             ("pause", None, 1),
             ("partition", None, 1),
             ("kill,pause,partition", None, 1),
+            ("pause-kill", None, 1),
         ],
         "long" => vec![
             ("kill", None, 10),
@@ -179,6 +217,16 @@ fn suite(which: &str) -> Result<Vec<(&'static str, Option<usize>, usize)>> {
             ("partition", None, 10),
             ("kill,pause,partition", None, 10),
             ("partition", Some(5), 10),
+            ("membership", None, 10),
+            ("membership,kill,partition", None, 10),
+            ("lose-unfsynced", None, 10),
+            ("pause-kill", None, 10),
+            ("clock", None, 10),
+            (
+                "clock,lose-unfsynced,membership,partition,pause",
+                Some(5),
+                10,
+            ),
         ],
         other => anyhow::bail!("unknown suite {other:?}: expected smoke or long"),
     })
@@ -193,9 +241,10 @@ fn options(
     default_time: u64,
 ) -> Result<RunOptions> {
     let time_limit = common.time_limit.unwrap_or(default_time);
+    let jepsen_bin = std::env::current_exe()?;
     let broker_bin = match &common.broker_bin {
         Some(p) => p.clone(),
-        None => std::env::current_exe()?
+        None => jepsen_bin
             .parent()
             .context("this binary's directory")?
             .join("rocketraft-broker"),
@@ -213,6 +262,7 @@ fn options(
         seed,
         out: common.out.clone(),
         broker_bin,
+        jepsen_bin,
         log: LogOptions {
             keys: common.keys,
             rate: common.rate,

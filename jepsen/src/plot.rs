@@ -235,7 +235,7 @@ fn shade_faults<Y: Ranged<ValueType = f64>>(
     windows: &[Window],
     (y_lo, y_hi): (f64, f64),
 ) -> Result<()> {
-    for kind in [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition] {
+    for kind in FaultKind::ALL {
         let colour = fault_colour(kind);
         let bands: Vec<_> = windows
             .iter()
@@ -250,7 +250,7 @@ fn shade_faults<Y: Ranged<ValueType = f64>>(
         }
         chart
             .draw_series(bands)?
-            .label(format!("fault: {}", fault_name(kind)))
+            .label(format!("fault: {}", kind.name()))
             .legend(move |(x, y)| {
                 Rectangle::new([(x, y - 6), (x + 20, y + 6)], colour.mix(0.35).filled())
             });
@@ -276,14 +276,10 @@ fn fault_colour(kind: FaultKind) -> RGBColor {
         FaultKind::Kill => RGBColor(90, 90, 90),
         FaultKind::Pause => RGBColor(230, 170, 0),
         FaultKind::Partition => RGBColor(110, 60, 200),
-    }
-}
-
-fn fault_name(kind: FaultKind) -> &'static str {
-    match kind {
-        FaultKind::Kill => "kill",
-        FaultKind::Pause => "pause",
-        FaultKind::Partition => "partition",
+        FaultKind::Membership => RGBColor(0, 150, 136),
+        FaultKind::LoseUnfsynced => RGBColor(200, 30, 30),
+        FaultKind::PauseKill => RGBColor(150, 75, 0),
+        FaultKind::Clock => RGBColor(30, 120, 220),
     }
 }
 
@@ -389,6 +385,9 @@ mod tests {
                 shape: "leader".into(),
                 nodes: vec![1],
                 drops: Vec::new(),
+                offsets_ms: Vec::new(),
+                outcome: None,
+                effective: true,
             },
         };
         (ops, vec![window])

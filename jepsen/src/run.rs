@@ -16,8 +16,9 @@ use tokio::sync::watch;
 
 use crate::checker::Validity;
 use crate::checker::log::{LogCheckOptions, LogReport};
-use crate::cluster::{Cluster, agreed_leader};
-use crate::history::{HistoryWriter, Key, OpType};
+use crate::cluster::{Cluster, ClusterOptions, agreed_leader};
+use crate::history::{HistoryWriter, Key, Mop, Op, OpType};
+use crate::membership;
 use crate::nemesis::{FaultKind, Nemesis, Window};
 use crate::workload::{self, Clients, Ids, LogOptions};
 
@@ -31,6 +32,8 @@ pub struct RunOptions {
     /// The run's directory is `<out>/<name>-<seed>`.
     pub out: PathBuf,
     pub broker_bin: PathBuf,
+    /// This harness's binary, which also serves the lazyfs mounts.
+    pub jepsen_bin: PathBuf,
     pub log: LogOptions,
     /// Calm time after healing and restarting, before the final reads.
     pub quiet: Duration,
@@ -69,6 +72,12 @@ pub struct Results {
     pub not_live: Vec<Key>,
     /// Keys the final reads could not finish.
     pub drain_unfinished: Vec<Key>,
+    /// Acknowledged messages whose store timestamp lies off the real clock (clock faults
+    /// must show here, or they never reached the broker).
+    pub clock_skew_seen: SkewSeen,
+    /// The group's membership at the end, when membership changes ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_membership: Option<membership::View>,
     pub log: LogReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plot_error: Option<String>,
@@ -81,7 +90,20 @@ pub async fn run(opts: &RunOptions) -> Result<Results> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
-    let mut cluster = Cluster::start(opts.nodes, &opts.broker_bin, &dir)?;
+    let has = |k: FaultKind| opts.faults.contains(&k);
+    let cluster_opts = ClusterOptions {
+        size: opts.nodes,
+        spares: cluster_spares(opts),
+        broker_bin: opts.broker_bin.clone(),
+        jepsen_bin: opts.jepsen_bin.clone(),
+        lazyfs: opts.faults.iter().any(|k| k.needs_lazyfs()),
+        faketime: if has(FaultKind::Clock) {
+            Some(crate::clock::library()?)
+        } else {
+            None
+        },
+    };
+    let mut cluster = Cluster::start_with(&cluster_opts, &dir)?;
     let outcome = run_in(opts, &dir, &mut cluster).await;
     cluster.stop_all();
     let results = match outcome {
@@ -110,6 +132,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     let history = Arc::new(HistoryWriter::create(dir.join("history.jsonl"))?);
     // Every log of the run (history, nemesis, leaders) counts time from here.
     let start = history.start();
+    let wall_start_ms = crate::clock::real_now_ms() - start.elapsed().as_millis() as i64;
     let ids = Arc::new(Ids::new());
     let clients = Clients::new(cluster.addrs(), opts.log.op_timeout)?;
 
@@ -143,27 +166,49 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     // Heal everything and let the group settle while the clients keep going, then stop
     // them: the clients see the recovery too.
     cluster.net.heal()?;
+    cluster.reset_clocks()?;
     cluster.restore_all()?;
+    // A group that elects no leader once every fault is undone has failed (liveness); its
+    // history is still checked for what it did before.
+    let mut not_healed = None;
+    let final_membership = if opts.faults.contains(&FaultKind::Membership) {
+        match membership::finish(cluster).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                not_healed = Some(format!("{e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let _ = stop_tx.send(true);
     let _ = load.await;
-    cluster
-        .wait_leader(Duration::from_secs(60))
-        .await
-        .context("after healing")?;
-    tokio::time::sleep(opts.quiet).await;
-
-    let not_live = liveness(opts, &clients, &history, &ids).await;
-    cluster.wait_caught_up(Duration::from_secs(60)).await?;
-    let drain_unfinished = workload::drain(
-        &opts.log,
-        &clients,
-        &history,
-        &ids,
-        Instant::now() + Duration::from_secs(60),
-    )
-    .await;
-    history.flush()?;
-    let replica_divergence = replicas(opts, cluster).await?;
+    if not_healed.is_none()
+        && let Err(e) = cluster.wait_leader(Duration::from_secs(60)).await
+    {
+        not_healed = Some(format!("{e:#}"));
+    }
+    let (not_live, drain_unfinished, replica_divergence, stored) = if not_healed.is_none() {
+        tokio::time::sleep(opts.quiet).await;
+        let not_live = liveness(opts, &clients, &history, &ids).await;
+        cluster.wait_caught_up(Duration::from_secs(60)).await?;
+        let drain_unfinished = workload::drain(
+            &opts.log,
+            &clients,
+            &history,
+            &ids,
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await;
+        history.flush()?;
+        let (replica_divergence, stored) = replicas(opts, cluster).await?;
+        (not_live, drain_unfinished, replica_divergence, stored)
+    } else {
+        history.flush()?;
+        let keys: Vec<Key> = (0..opts.log.keys).collect();
+        (keys.clone(), keys, Vec::new(), StoreTimes::new())
+    };
     let leader_changes = monitor.await.unwrap_or(0);
 
     let ops = history.ops();
@@ -174,12 +219,27 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     let log = crate::checker::log::check(
         &ops,
         &LogCheckOptions {
-            min_ok_sends: opts.min_ok_sends,
-            min_ok_polls: opts.min_ok_polls,
+            // Clients spread over every slot, spares too, and an empty slot refuses at once:
+            // expect that share fewer successes.
+            min_ok_sends: opts.min_ok_sends * opts.nodes / (opts.nodes + cluster_spares(opts)),
+            min_ok_polls: opts.min_ok_polls * opts.nodes / (opts.nodes + cluster_spares(opts)),
         },
     );
 
+    let clock_skew_seen = skew_seen(&ops, &stored, wall_start_ms);
+
     let mut failures = Vec::new();
+    if let Some(why) = &not_healed {
+        let exited = cluster.exited();
+        failures.push(format!(
+            "no leader after healing ({why}){}",
+            if exited.is_empty() {
+                String::new()
+            } else {
+                format!("; nodes that exited on their own: {}", exited.join("; "))
+            }
+        ));
+    }
     let mut unknown_reasons = log.unknown_reasons.clone();
     if log.valid == Validity::Fail {
         failures.push(format!(
@@ -211,6 +271,19 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         if nemesis.windows.is_empty() {
             unknown_reasons.push("no fault was applied".into());
         }
+        for kind in &opts.faults {
+            let took = nemesis
+                .windows
+                .iter()
+                .any(|w| w.fault.kind == *kind && w.fault.effective);
+            if !took {
+                unknown_reasons.push(format!("no {} fault took effect", kind.name()));
+            }
+        }
+        if opts.faults.contains(&FaultKind::Clock) && clock_skew_seen.messages == 0 {
+            unknown_reasons
+                .push("clock faults ran but no stored message carries a skewed timestamp".into());
+        }
         if !nemesis.errors.is_empty() {
             unknown_reasons.push(format!("{} faults failed to apply", nemesis.errors.len()));
         }
@@ -241,6 +314,8 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         replica_divergence,
         not_live,
         drain_unfinished,
+        clock_skew_seen,
+        final_membership,
         log,
         plot_error,
         dir: dir.to_path_buf(),
@@ -313,16 +388,33 @@ async fn liveness(
     dead
 }
 
+/// Namespaces beyond the group's nodes: room for two added nodes in membership runs.
+fn cluster_spares(opts: &RunOptions) -> usize {
+    if opts.faults.contains(&FaultKind::Membership) {
+        2
+    } else {
+        0
+    }
+}
+
+/// Each stored message's store timestamp: (key, offset) -> ms since the epoch.
+type StoreTimes = BTreeMap<(Key, u64), i64>;
+
 /// After quiescence every node must hold the same messages at the same offsets (Raft's
-/// log matching, seen through each node's own applied state).
-async fn replicas(opts: &RunOptions, cluster: &Cluster) -> Result<Vec<String>> {
+/// log matching, seen through each node's own applied state). Also returns the messages'
+/// store timestamps.
+async fn replicas(opts: &RunOptions, cluster: &Cluster) -> Result<(Vec<String>, StoreTimes)> {
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     let mut diverged = Vec::new();
+    let mut stored = StoreTimes::new();
     for key in 0..opts.log.keys {
         let topic = workload::topic(key);
         let mut views: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
         for id in cluster.ids() {
             let msgs = cluster.read_queue(id, &topic, 0).await?;
+            for m in &msgs {
+                stored.insert((key, m.offset), m.store_timestamp_ms);
+            }
             views.insert(
                 id,
                 msgs.into_iter()
@@ -348,7 +440,65 @@ async fn replicas(opts: &RunOptions, cluster: &Cluster) -> Result<Vec<String>> {
             }
         }
     }
-    Ok(diverged)
+    Ok((diverged, stored))
+}
+
+/// How far stored messages' timestamps strayed from the real clock.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SkewSeen {
+    /// Acknowledged messages stamped more than [`SKEW_MIN_MS`] outside their send's real
+    /// time span.
+    pub messages: usize,
+    /// The largest stray ahead of real time, and behind it (ms; 0 if none).
+    pub max_ahead_ms: i64,
+    pub max_behind_ms: i64,
+}
+
+/// Strays below this are the machine's own jitter, not a clock fault.
+pub const SKEW_MIN_MS: i64 = 500;
+
+/// Compares each acknowledged send's store timestamp with the real time span of the send
+/// (invocation to acknowledgement): the stamp of an unskewed leader falls inside it.
+fn skew_seen(ops: &[Op], stored: &StoreTimes, wall_start_ms: i64) -> SkewSeen {
+    let mut invoked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut seen = SkewSeen::default();
+    for op in ops {
+        if op.kind == OpType::Invoke {
+            invoked.insert(op.process, op.time_ns);
+            continue;
+        }
+        if op.kind != OpType::Ok {
+            continue;
+        }
+        let Some(&from_ns) = invoked.get(&op.process) else {
+            continue;
+        };
+        for m in &op.value {
+            if let Mop::Send {
+                key,
+                offset: Some(offset),
+                ..
+            } = m
+                && let Some(&ts) = stored.get(&(*key, *offset))
+            {
+                let lo = wall_start_ms + (from_ns / 1_000_000) as i64;
+                let hi = wall_start_ms + (op.time_ns / 1_000_000) as i64 + 1;
+                let stray = if ts < lo {
+                    ts - lo
+                } else if ts > hi {
+                    ts - hi
+                } else {
+                    0
+                };
+                if stray.abs() > SKEW_MIN_MS {
+                    seen.messages += 1;
+                    seen.max_ahead_ms = seen.max_ahead_ms.max(stray);
+                    seen.max_behind_ms = seen.max_behind_ms.max(-stray);
+                }
+            }
+        }
+    }
+    seen
 }
 
 /// The run's verdict for a reader.
@@ -373,18 +523,43 @@ pub fn summary(r: &Results) -> String {
         st.send_ok, st.send_info, st.send_fail, st.poll_ok
     );
     s += &format!(
-        "- faults applied: {}; leader changes seen: {}\n",
+        "- faults applied: {} ({} took effect); leader changes seen: {}\n",
         r.fault_windows.len(),
+        r.fault_windows.iter().filter(|w| w.fault.effective).count(),
         r.leader_changes
     );
     for w in &r.fault_windows {
         s += &format!(
-            "  - {:.1}-{:.1} s: {:?} {} on {:?}\n",
+            "  - {:.1}-{:.1} s: {} {} on {:?}{}{}\n",
             w.start_ns as f64 / 1e9,
             w.end_ns as f64 / 1e9,
-            w.fault.kind,
+            w.fault.kind.name(),
             w.fault.shape,
-            w.fault.nodes
+            w.fault.nodes,
+            if w.fault.offsets_ms.is_empty() {
+                String::new()
+            } else {
+                format!(", offsets (node, ms) {:?}", w.fault.offsets_ms)
+            },
+            if w.fault.effective {
+                ""
+            } else {
+                " (did not take effect)"
+            }
+        );
+    }
+    if r.clock_skew_seen.messages > 0 {
+        s += &format!(
+            "- skewed store timestamps: {} messages, up to {} ms ahead and {} ms behind\n",
+            r.clock_skew_seen.messages,
+            r.clock_skew_seen.max_ahead_ms,
+            r.clock_skew_seen.max_behind_ms
+        );
+    }
+    if let Some(m) = &r.final_membership {
+        s += &format!(
+            "- final membership: voters {:?}, learners {:?}\n",
+            m.voters, m.learners
         );
     }
     for f in &r.failures {

@@ -1,7 +1,8 @@
-//! CI's jepsen smoke suite: `rocketraft-jepsen suite smoke` (kill, pause, partition and all
-//! three mixed, one run each on a 3-node group in network namespaces) must pass.
+//! CI's jepsen smoke suite: `rocketraft-jepsen suite smoke` (kill, pause, partition, all
+//! three mixed, and NATS's pause-kill with lost unfsynced writes, one run each on a 3-node
+//! group in network namespaces) must pass.
 //!
-//! Needs root for the namespaces; elsewhere it says why and skips. `ROCKETRAFT_JEPSEN_TIME`
+//! Needs root for the namespaces and /dev/fuse for lazyfs; elsewhere it says why and skips. `ROCKETRAFT_JEPSEN_TIME`
 //! sets the seconds of faults per run (default 45).
 
 use std::path::PathBuf;
@@ -11,6 +12,10 @@ use std::process::Command;
 fn smoke_suite_passes() -> anyhow::Result<()> {
     if let Some(why) = rocketraft_jepsen::netns::unavailable() {
         eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    if !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("SKIPPED: /dev/fuse is missing (the pause-kill run needs lazyfs)");
         return Ok(());
     }
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_rocketraft-jepsen"));
