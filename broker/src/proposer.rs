@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::BasicNode;
-use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
 use rocketraft_proto::admin::broker_admin_client::BrokerAdminClient;
 use rocketraft_raft_store::{Command, CommandResult, NodeId, Raft, Rejection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -115,6 +115,13 @@ pub enum Proposed {
     Forward(String),
 }
 
+/// Where a linearizable read is served (see [`Proposer::read_barrier`]).
+pub enum ReadFrom {
+    Here,
+    /// This node is not the leader; the leader serves at this address.
+    Leader(String),
+}
+
 #[derive(Clone)]
 pub struct Proposer {
     raft: Raft,
@@ -196,11 +203,7 @@ impl Proposer {
                             self.leader_wait.as_millis()
                         )));
                     }
-                    let _ = self
-                        .raft
-                        .wait(Some(deadline - now))
-                        .metrics(|m| m.current_leader.is_some(), "a leader is known")
-                        .await;
+                    self.wait_for_leader(deadline - now).await;
                 }
                 Err(RaftError::APIError(e)) => {
                     return Err(tonic::Status::failed_precondition(e.to_string()));
@@ -212,6 +215,62 @@ impl Proposer {
                 }
             }
         }
+    }
+
+    /// Waits until a read of this node's state is linearizable: this node leads, a
+    /// majority acknowledged that in a heartbeat round after the call, and every entry
+    /// committed before the call is applied here. Otherwise it names the leader to forward
+    /// to. Without this a deposed leader (paused, or cut off by a partition) would answer
+    /// from state the rest of the group has moved past: jepsen's register workload caught
+    /// exactly that with GetOffset.
+    pub async fn read_barrier(&self) -> Result<ReadFrom, tonic::Status> {
+        let deadline = Instant::now() + self.leader_wait;
+        loop {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(ReadFrom::Here),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    if let Some(node) = f.leader_node {
+                        return Ok(ReadFrom::Leader(node.addr));
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(tonic::Status::unavailable(format!(
+                            "the broker group has no leader after waiting {} ms",
+                            self.leader_wait.as_millis()
+                        )));
+                    }
+                    self.wait_for_leader(deadline - now).await;
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                    return Err(tonic::Status::unavailable(format!(
+                        "leadership not confirmed by a majority, so a read here could be stale: {e}"
+                    )));
+                }
+                Err(RaftError::Fatal(e)) => {
+                    return Err(tonic::Status::unavailable(format!(
+                        "raft node stopped: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Waits (up to `timeout`) until a leader is known that can answer: another node, or
+    /// this one once it really leads. A node that just stepped down may still name itself
+    /// as the leader in its metrics; waiting for "any leader" would then spin.
+    async fn wait_for_leader(&self, timeout: Duration) {
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| match m.current_leader {
+                    Some(l) if l == m.id => m.state == openraft::ServerState::Leader,
+                    Some(_) => true,
+                    None => false,
+                },
+                "a leader is known",
+            )
+            .await;
     }
 
     /// Holds new proposals back (those under way finish first) until the guard is dropped.
@@ -239,6 +298,10 @@ impl Proposer {
                 tonic::Status::internal(format!("leader address {addr:?} is invalid: {e}"))
             })?
             .tcp_nodelay(true)
+            .initial_stream_window_size(rocketraft_raft_store::network::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(
+                rocketraft_raft_store::network::HTTP2_CONNECTION_WINDOW_BYTES,
+            )
             .connect_timeout(Duration::from_secs(1))
             // A partition drops packets silently, and the connection it cut would otherwise
             // look alive until TCP's retransmission backoff ends, seconds after the network

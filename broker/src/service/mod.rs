@@ -260,6 +260,15 @@ pub async fn propose(
     })
 }
 
+/// Where a read that must be linearizable (a committed offset, a queue's end) is served:
+/// here once [`proposer::Proposer::read_barrier`] passes, else at the leader.
+pub async fn read_barrier(ctx: &ServiceContext) -> Result<Outcome<()>, Status> {
+    Ok(match ctx.proposer.read_barrier().await? {
+        proposer::ReadFrom::Here => Outcome::Done(()),
+        proposer::ReadFrom::Leader(addr) => Outcome::Forward(addr),
+    })
+}
+
 /// The time left before the client's gRPC deadline (`grpc-timeout`), if it set one.
 pub fn grpc_deadline(md: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let v = md.get("grpc-timeout")?.to_str().ok()?;
@@ -480,24 +489,14 @@ impl MessagingService for MessagingServiceImpl {
         &self,
         req: Request<pb::GetOffsetRequest>,
     ) -> Result<Response<pb::GetOffsetResponse>, Status> {
-        let client = ClientInfo::from_metadata(req.metadata());
-        Ok(Response::new(pull::get_offset(
-            &self.ctx,
-            &client,
-            req.into_inner(),
-        )))
+        serve_or_forward!(self, req, pull::get_offset, get_offset)
     }
 
     async fn query_offset(
         &self,
         req: Request<pb::QueryOffsetRequest>,
     ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
-        let client = ClientInfo::from_metadata(req.metadata());
-        Ok(Response::new(pull::query_offset(
-            &self.ctx,
-            &client,
-            req.into_inner(),
-        )))
+        serve_or_forward!(self, req, pull::query_offset, query_offset)
     }
 
     async fn end_transaction(

@@ -1,9 +1,12 @@
 //! The pull path: PullMessage, UpdateOffset, GetOffset and QueryOffset, for consumers that
 //! track their own offsets.
 //!
-//! Pulls and offset queries only read, so every node serves them from its own applied state
-//! (a follower may trail the leader by the replication delay, like a RocketMQ slave read).
-//! Committed offsets are proposed through Raft like any other change.
+//! Pulls only read, so every node serves them from its own applied state (a follower may
+//! trail the leader by the replication delay, like a RocketMQ slave read: a pull that comes
+//! back empty is retried, nothing is lost). Offset queries are different: a consumer that
+//! committed an offset, or a producer that saw its send acknowledged, must read it back, so
+//! GetOffset and QueryOffset pass a read barrier on the leader. Committed offsets are
+//! proposed through Raft like any other change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::message::{millis, to_pb};
 use super::receive::{check_group, check_topic, filter_from_pb, queue_id};
 use super::status::{ClientInfo, ok};
-use super::{BoxStream, Outcome, Refusal, ServiceContext, propose};
+use super::{BoxStream, Outcome, Refusal, ServiceContext, propose, read_barrier};
 
 const BATCH_SIZE_MAX: i32 = 1024;
 /// Messages one pull examines for its filter at most.
@@ -215,13 +218,19 @@ pub async fn update_offset(
     }
 }
 
-pub fn get_offset(
+pub async fn get_offset(
     ctx: &ServiceContext,
     client: &ClientInfo,
-    req: pb::GetOffsetRequest,
-) -> pb::GetOffsetResponse {
+    req: &pb::GetOffsetRequest,
+) -> Result<Outcome<pb::GetOffsetResponse>, tonic::Status> {
+    let group = check_group(&req.group);
+    if group.is_ok()
+        && let Outcome::Forward(addr) = read_barrier(ctx).await?
+    {
+        return Ok(Outcome::Forward(addr));
+    }
     let answer = (|| -> Result<i64, Refusal> {
-        let group = check_group(&req.group)?;
+        let group = group?;
         let (topic, queue_id) = check_queue(ctx, &req.message_queue)?;
         ctx.reader
             .consumer_offset(&group, &topic.name, queue_id)
@@ -237,7 +246,7 @@ pub fn get_offset(
                 )
             })
     })();
-    match answer {
+    Ok(Outcome::Done(match answer {
         Ok(offset) => pb::GetOffsetResponse {
             status: Some(ok()),
             offset,
@@ -246,14 +255,19 @@ pub fn get_offset(
             status: Some(client.status(code, msg)),
             offset: 0,
         },
-    }
+    }))
 }
 
-pub fn query_offset(
+/// Linearizable like GetOffset: a producer that saw its send acknowledged must find the
+/// queue's end past it, on whichever node it asks.
+pub async fn query_offset(
     ctx: &ServiceContext,
     client: &ClientInfo,
-    req: pb::QueryOffsetRequest,
-) -> pb::QueryOffsetResponse {
+    req: &pb::QueryOffsetRequest,
+) -> Result<Outcome<pb::QueryOffsetResponse>, tonic::Status> {
+    if let Outcome::Forward(addr) = read_barrier(ctx).await? {
+        return Ok(Outcome::Forward(addr));
+    }
     let answer = (|| -> Result<i64, Refusal> {
         let (topic, queue_id) = check_queue(ctx, &req.message_queue)?;
         let q = ctx.reader.queue_state(&topic.name, queue_id);
@@ -280,7 +294,7 @@ pub fn query_offset(
         };
         Ok(offset as i64)
     })();
-    match answer {
+    Ok(Outcome::Done(match answer {
         Ok(offset) => pb::QueryOffsetResponse {
             status: Some(ok()),
             offset,
@@ -289,5 +303,5 @@ pub fn query_offset(
             status: Some(client.status(code, msg)),
             offset: 0,
         },
-    }
+    }))
 }

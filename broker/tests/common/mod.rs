@@ -166,6 +166,19 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to node `id`'s process.
+    pub fn signal(&self, id: u64, signal: i32) -> anyhow::Result<()> {
+        let child = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.child.as_ref())
+            .context("node is not running")?;
+        // SAFETY: kill(2) on the PID of a child we own and have not reaped yet.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        anyhow::ensure!(rc == 0, "kill({signal}) on node {id} failed");
+        Ok(())
+    }
+
     pub fn running(&self) -> Vec<u64> {
         self.nodes
             .values()
