@@ -155,6 +155,10 @@ impl BrokerNode {
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(rocketraft_raft_store::network::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(
+                rocketraft_raft_store::network::HTTP2_CONNECTION_WINDOW_BYTES,
+            )
             .layer(RpcTimingLayer::new(metrics.rpc.clone()))
             .add_service(RaftTransportService::new(raft.clone()).into_server())
             .add_service(messaging.into_server())

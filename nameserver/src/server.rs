@@ -748,6 +748,10 @@ impl Nameserver {
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(rocketraft_raft_store::network::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(
+                rocketraft_raft_store::network::HTTP2_CONNECTION_WINDOW_BYTES,
+            )
             .layer(rocketraft_broker::ops::RpcTimingLayer::new(
                 metrics.rpc.clone(),
             ))
