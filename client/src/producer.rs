@@ -399,12 +399,19 @@ async fn send_coalesced(inner: Arc<Inner>, topic: String) {
             let Some(q) = queues.get_mut(&topic) else {
                 return;
             };
+            // A share of what waits, not all of it: the other request slots take the rest
+            // to the next queues, so a burst still spreads over the topic's queues and
+            // broker groups like one-by-one sends would.
+            let share = q
+                .waiting
+                .len()
+                .div_ceil(COALESCED_REQUESTS_MAX)
+                .clamp(1, COALESCED_MESSAGES_MAX);
             let mut batch = Vec::new();
             let mut bytes = 0usize;
             while let Some(next) = q.waiting.front() {
                 let size = next.message.body.len();
-                if !batch.is_empty()
-                    && (batch.len() >= COALESCED_MESSAGES_MAX || bytes + size > COALESCED_BYTES_MAX)
+                if !batch.is_empty() && (batch.len() >= share || bytes + size > COALESCED_BYTES_MAX)
                 {
                     break;
                 }

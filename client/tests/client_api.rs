@@ -484,6 +484,27 @@ async fn async_sends_are_coalesced_into_few_requests() -> anyhow::Result<()> {
         "1000 async sends took {calls} SendMessage calls; coalesced they take far fewer"
     );
     println!("1000 async sends in {calls} SendMessage calls");
+    // A burst to a topic with several queues still spreads over them, as one-by-one sends
+    // would (the broker puts each request in the next queue): coalescing must not pack it
+    // all into one request, one queue, one broker group.
+    cluster.create_topic("Spread", 4).await?;
+    let mut pending = Vec::new();
+    for i in 0..40 {
+        pending.push(
+            producer
+                .send_async(Message::new("Spread", format!("spread-{i}")))
+                .await?,
+        );
+    }
+    let mut offsets = Vec::new();
+    for p in pending {
+        offsets.push(p.await?.offset);
+    }
+    let highest = offsets.iter().max().copied().unwrap_or_default();
+    ensure!(
+        highest < 39,
+        "40 async sends to a 4-queue topic all went to one queue (offsets up to {highest})"
+    );
     // What went out together is stored as sent.
     let consumer = SimpleConsumer::builder(config(&cluster), "BurstReaders")
         .subscribe("Burst", Filter::all())
