@@ -304,8 +304,14 @@ impl Runner {
     ) -> anyhow::Result<Vec<crate::systems::Subscriber>> {
         let mut v = Vec::new();
         let group = format!("{}_readers", dest.name);
-        for _ in 0..cell.consumers.max(1) {
-            v.push(self.cluster.subscriber(dest, &group, RECEIVE_BATCH).await?);
+        let count = cell.consumers.max(1);
+        for index in 0..count {
+            let drain = matches!(cell.mode, Mode::Drain).then_some((index, count));
+            v.push(
+                self.cluster
+                    .subscriber(dest, &group, RECEIVE_BATCH, drain)
+                    .await?,
+            );
         }
         Ok(v)
     }

@@ -102,16 +102,26 @@ impl Cluster {
 
     /// A consumer with its own connection; subscribers of one cell share `group` (one
     /// consumer group / durable consumer / queue), so each message goes to one of them.
+    ///
+    /// `drain` picks each system's fastest way to empty a backlog where it differs: for
+    /// rocketraft the pull consumer (`index` of `count` splits the queues among them).
     pub async fn subscriber(
         &self,
         dest: &Dest,
         group: &str,
         receive_batch: u32,
+        drain: Option<(usize, usize)>,
     ) -> anyhow::Result<Subscriber> {
         Ok(match self.kind {
-            SystemKind::Rocketraft => Subscriber::Rocketraft(
-                rocketraft::Sub::new(&self.endpoints, &dest.name, group, receive_batch).await?,
-            ),
+            SystemKind::Rocketraft => Subscriber::Rocketraft(match drain {
+                Some((index, count)) => {
+                    rocketraft::Sub::new_pull(&self.endpoints, &dest.name, group, index, count)
+                        .await?
+                }
+                None => {
+                    rocketraft::Sub::new(&self.endpoints, &dest.name, group, receive_batch).await?
+                }
+            }),
             SystemKind::Nats => Subscriber::Nats(
                 nats::Sub::new(&self.endpoints, &dest.name, group, receive_batch).await?,
             ),

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use rocketraft_client::admin::{Admin, TopicSpec};
-use rocketraft_client::{ClientConfig, Filter, Message, Producer, SimpleConsumer};
+use rocketraft_client::{
+    ClientConfig, Filter, Message, Producer, PullConsumer, QueueRef, SimpleConsumer,
+};
 
 use super::{CALL_TIMEOUT, retry_until_ready};
 
@@ -75,9 +77,12 @@ impl Pub {
 
     pub async fn publish(&self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
         if bodies.len() == 1 {
+            // An async send, as an application with a window would send: concurrent ones
+            // share requests (the client coalesces them per topic).
             let body = bodies.into_iter().next().context("one body")?;
             self.producer
-                .send(Message::new(self.topic.clone(), body))
+                .send_async(Message::new(self.topic.clone(), body))
+                .await?
                 .await?;
         } else {
             let messages = bodies
@@ -94,12 +99,55 @@ impl Pub {
     }
 }
 
-pub struct Sub {
-    consumer: SimpleConsumer,
-    batch: u32,
+/// Messages one pull asks for: the broker's limit per PullMessage.
+const PULL_BATCH: u32 = 1024;
+
+/// A consumer of the group: pop-style (`SimpleConsumer`: receive, then ack what came), or,
+/// for draining a backlog, a pull consumer reading its share of the queues by offset and
+/// committing its position after each pull (RocketMQ's lite pull consumer, Kafka's model).
+pub enum Sub {
+    Pop {
+        consumer: SimpleConsumer,
+        batch: u32,
+    },
+    Pull {
+        consumer: PullConsumer,
+        queues: Vec<QueueRef>,
+        next: usize,
+    },
 }
 
 impl Sub {
+    /// The `index`-th of `count` pull consumers of `group`: it takes every `count`-th queue,
+    /// starting from the group's committed offsets (the beginning for a new group).
+    pub async fn new_pull(
+        nameservers: &[String],
+        topic: &str,
+        group: &str,
+        index: usize,
+        count: usize,
+    ) -> anyhow::Result<Self> {
+        let mut consumer = PullConsumer::new(config(nameservers), group).await?;
+        let queues: Vec<QueueRef> = consumer
+            .queues(topic)
+            .await?
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % count.max(1) == index)
+            .map(|(_, q)| q)
+            .collect();
+        for q in &queues {
+            if consumer.seek_to_committed(q).await?.is_none() {
+                consumer.seek_to_beginning(q).await?;
+            }
+        }
+        Ok(Sub::Pull {
+            consumer,
+            queues,
+            next: 0,
+        })
+    }
+
     pub async fn new(
         nameservers: &[String],
         topic: &str,
@@ -112,21 +160,48 @@ impl Sub {
             .build()
             .await
             .with_context(|| format!("starting consumer group {group} on topic {topic}"))?;
-        Ok(Self {
+        Ok(Sub::Pop {
             consumer,
             batch: batch.max(1),
         })
     }
 
-    /// One receive (long-polling up to the consumer's await duration when empty) and one
-    /// ack request for everything it returned, as a high-throughput consumer would.
-    pub async fn receive(&mut self, out: &mut Vec<Bytes>, _wait: Duration) -> anyhow::Result<()> {
-        let got = self.consumer.receive(self.batch, INVISIBLE).await?;
-        if got.is_empty() {
-            return Ok(());
+    /// Pop: one receive (long-polling up to the consumer's await duration when empty) and
+    /// one ack request for everything it returned, as a high-throughput consumer would.
+    /// Pull: one pull of the next queue in turn and a commit of the new position.
+    pub async fn receive(&mut self, out: &mut Vec<Bytes>, wait: Duration) -> anyhow::Result<()> {
+        match self {
+            Sub::Pop { consumer, batch } => {
+                let got = consumer.receive(*batch, INVISIBLE).await?;
+                if got.is_empty() {
+                    return Ok(());
+                }
+                consumer.ack_all(&got).await?;
+                out.extend(got.into_iter().map(|m| m.body));
+            }
+            Sub::Pull {
+                consumer,
+                queues,
+                next,
+            } => {
+                if queues.is_empty() {
+                    tokio::time::sleep(wait).await;
+                    return Ok(());
+                }
+                let q = queues[*next % queues.len()].clone();
+                *next += 1;
+                // A short long-poll per queue: an empty queue must not hold up the others.
+                let per_queue = (wait / queues.len() as u32).max(Duration::from_millis(10));
+                let got = consumer.pull(&q, PULL_BATCH, per_queue).await?;
+                if got.is_empty() {
+                    return Ok(());
+                }
+                if let Some(position) = consumer.position(&q) {
+                    consumer.commit(&q, position).await?;
+                }
+                out.extend(got.into_iter().map(|m| m.body));
+            }
         }
-        self.consumer.ack_all(&got).await?;
-        out.extend(got.into_iter().map(|m| m.body));
         Ok(())
     }
 
