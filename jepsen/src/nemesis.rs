@@ -77,6 +77,12 @@ impl FaultKind {
         }
     }
 
+    /// Whether the group is meant to be unavailable while this fault holds: pause-kill
+    /// leaves no majority able to serve until its end, by design.
+    pub fn halts_group(self) -> bool {
+        matches!(self, Self::PauseKill)
+    }
+
     /// Whether the cluster needs lazyfs mounts for this class.
     pub fn needs_lazyfs(self) -> bool {
         matches!(self, Self::LoseUnfsynced | Self::PauseKill)
@@ -132,7 +138,7 @@ pub struct Fault {
 }
 
 impl Fault {
-    fn new(kind: FaultKind, shape: &str, nodes: Vec<u64>) -> Self {
+    pub(crate) fn new(kind: FaultKind, shape: &str, nodes: Vec<u64>) -> Self {
         Self {
             kind,
             shape: shape.into(),

@@ -216,13 +216,18 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     let plot_error = crate::plot::plot_run(dir, &ops, &nemesis.windows)
         .err()
         .map(|e| format!("{e:#}"));
+    // Clients spread over every slot, spares too, and an empty slot refuses at once: expect
+    // that share fewer successes. Faults meant to halt the group leave only the time outside
+    // them to succeed in.
+    let expected = |min: usize| {
+        let share = available_share(&nemesis.windows, opts.time_limit);
+        (min as f64 * share) as usize * opts.nodes / (opts.nodes + cluster_spares(opts))
+    };
     let log = crate::checker::log::check(
         &ops,
         &LogCheckOptions {
-            // Clients spread over every slot, spares too, and an empty slot refuses at once:
-            // expect that share fewer successes.
-            min_ok_sends: opts.min_ok_sends * opts.nodes / (opts.nodes + cluster_spares(opts)),
-            min_ok_polls: opts.min_ok_polls * opts.nodes / (opts.nodes + cluster_spares(opts)),
+            min_ok_sends: expected(opts.min_ok_sends),
+            min_ok_polls: expected(opts.min_ok_polls),
         },
     );
 
@@ -578,4 +583,56 @@ pub fn summary(r: &Results) -> String {
         }
     }
     s
+}
+
+/// The share of `time_limit` not covered by a fault that halts the group (overlapping
+/// windows counted once).
+fn available_share(windows: &[Window], time_limit: Duration) -> f64 {
+    let mut halted: Vec<(u64, u64)> = windows
+        .iter()
+        .filter(|w| w.fault.kind.halts_group())
+        .map(|w| (w.start_ns, w.end_ns.max(w.start_ns)))
+        .collect();
+    halted.sort();
+    let mut total = 0u64;
+    let mut covered_to = 0u64;
+    for (start, end) in halted {
+        let start = start.max(covered_to);
+        if end > start {
+            total += end - start;
+            covered_to = end;
+        }
+    }
+    let limit = time_limit.as_nanos().max(1) as f64;
+    (1.0 - total as f64 / limit).clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nemesis::Fault;
+
+    fn window(kind: FaultKind, start_s: u64, end_s: u64) -> Window {
+        Window {
+            start_ns: start_s * 1_000_000_000,
+            end_ns: end_s * 1_000_000_000,
+            fault: Fault::new(kind, "test", vec![1]),
+        }
+    }
+
+    #[test]
+    fn only_halting_faults_shrink_the_available_share_and_overlaps_count_once() {
+        let limit = Duration::from_secs(100);
+        assert_eq!(available_share(&[], limit), 1.0);
+        let kill = window(FaultKind::Kill, 0, 50);
+        assert_eq!(available_share(&[kill], limit), 1.0);
+        let windows = [
+            window(FaultKind::PauseKill, 10, 30),
+            window(FaultKind::PauseKill, 20, 40),
+            window(FaultKind::PauseKill, 60, 70),
+        ];
+        assert!((available_share(&windows, limit) - 0.6).abs() < 1e-9);
+        let all = [window(FaultKind::PauseKill, 0, 500)];
+        assert_eq!(available_share(&all, limit), 0.0);
+    }
 }
