@@ -380,3 +380,31 @@ fn exit_code(verdicts: &[Validity]) -> u8 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_long_suite_has_a_register_run_and_exactly_one() {
+        let registers = |which| -> Result<usize> {
+            Ok(suite(which)?
+                .iter()
+                .filter(|(_, _, _, w)| *w == Workload::Register)
+                .map(|(_, _, repeat, _)| *repeat)
+                .sum())
+        };
+        assert_eq!(registers("smoke").ok(), Some(0));
+        assert_eq!(registers("long").ok(), Some(1));
+    }
+
+    #[test]
+    fn run_names_keep_the_log_workload_unprefixed() {
+        assert_eq!(run_name(Workload::Log, "kill,pause", false), "kill+pause");
+        assert_eq!(
+            run_name(Workload::Register, "pause", false),
+            "register-pause"
+        );
+        assert_eq!(run_name(Workload::Register, "none", true), "register-none");
+    }
+}

@@ -698,21 +698,15 @@ fn explain(ops: &[RegOp], read: &RegOp, cut: u64, minimal: bool) -> Witness {
             conflicts.truncate(CONFLICTS_MAX);
             let newest = conflicts[0];
             witness.kind = STALE_READ.into();
+            let newer = if newest.write {
+                format!("a write of {} had completed", shown(newest.value))
+            } else {
+                format!("a read had returned {}", shown(newest.value))
+            };
             witness.explanation = format!(
-                "the read (invoked at {:.3} s) returned {}, but {} {} had {} at {:.3} s, before the read began",
+                "the read (invoked at {:.3} s) returned {}, but {newer} at {:.3} s, before the read began",
                 ns_to_s(read.invoke.time_ns),
                 shown(read.value),
-                if newest.write {
-                    "a write of"
-                } else {
-                    "a read returned"
-                },
-                shown(newest.value),
-                if newest.write {
-                    "completed"
-                } else {
-                    "been returned"
-                },
                 newest.complete.map_or(0.0, |c| ns_to_s(c.time_ns)),
             );
             witness.conflicts = conflicts.into_iter().map(RegOp::op_ref).collect();
