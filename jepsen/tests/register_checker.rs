@@ -4,7 +4,8 @@
 
 use rocketraft_jepsen::checker::Validity;
 use rocketraft_jepsen::checker::register::{
-    NEVER_WRITTEN, READ_BEFORE_WRITE, RegisterCheckOptions, RegisterReport, STALE_READ, check,
+    NEVER_WRITTEN, NOT_LINEARIZABLE, READ_BEFORE_WRITE, RegisterCheckOptions, RegisterReport,
+    STALE_READ, check,
 };
 use rocketraft_jepsen::history::{F, Key, Mop, Op, OpType, Value};
 
@@ -190,6 +191,44 @@ fn a_newer_value_read_earlier_makes_a_later_read_of_the_older_one_stale() {
     );
     assert_eq!(w.conflicts[0].f, F::Read);
     assert_eq!(w.conflicts[0].value, Some(20));
+}
+
+#[test]
+fn readers_that_disagree_on_the_order_of_concurrent_writes_fail() {
+    // Both writes overlap every read, so no single read is stale by itself: one reader saw
+    // 1 then 2, the other 2 then 1, and no order of the writes explains both.
+    let mut h = H::default();
+    h.invoke_write(1, 0, 1)
+        .invoke_write(2, 0, 2)
+        .read(3, 0, Some(1))
+        .read(4, 0, Some(2))
+        .read(3, 0, Some(2))
+        .read(4, 0, Some(1))
+        .end_write(1, OpType::Ok, 0, 1)
+        .end_write(2, OpType::Ok, 0, 2);
+    let report = h.check();
+    assert_eq!(report.valid, Validity::Fail);
+    let w = report.keys[&0].witness.as_ref().expect("a witness");
+    assert_eq!(w.kind, NOT_LINEARIZABLE);
+    assert!(w.minimal);
+    // The first read that cannot be placed: process 4's second read, of 1.
+    assert_eq!(
+        (w.read.process, w.read.invoke_index, w.value),
+        (4, 8, Some(1))
+    );
+    let conflicts: Vec<Option<Value>> = w.conflicts.iter().map(|c| c.value).collect();
+    assert_eq!(conflicts, vec![Some(2)]);
+
+    // Without that read it is linearizable: 1, then 2.
+    let mut h = H::default();
+    h.invoke_write(1, 0, 1)
+        .invoke_write(2, 0, 2)
+        .read(3, 0, Some(1))
+        .read(4, 0, Some(2))
+        .read(3, 0, Some(2))
+        .end_write(1, OpType::Ok, 0, 1)
+        .end_write(2, OpType::Ok, 0, 2);
+    assert_valid(&h.check());
 }
 
 #[test]
