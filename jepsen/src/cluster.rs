@@ -491,6 +491,27 @@ impl Cluster {
         }
     }
 
+    /// The offset `group` committed on one queue, as node `id` has it in its own applied
+    /// state (`None`: none committed).
+    pub async fn consumer_offset(
+        &self,
+        id: u64,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<Option<u64>> {
+        let r = self
+            .admin(id, Duration::from_secs(10))?
+            .get_consumer_offset(pb::GetConsumerOffsetRequest {
+                consumer_group: group.into(),
+                topic: topic.into(),
+                queue_id,
+            })
+            .await?
+            .into_inner();
+        Ok(r.offset)
+    }
+
     /// Nodes whose process ended without the harness stopping it (a crash, or a refusal to
     /// start), with how it ended.
     pub fn exited(&mut self) -> Vec<String> {

@@ -9,12 +9,22 @@
 //! `drain` ops are the final reads (fresh processes, each key read from offset 0 to the end);
 //! the checker treats them like `poll`s.
 //!
+//! The `register` workload adds `write` and `read` ops on one register per key (a consumer
+//! group's committed offset): a write's value is unique per key; a read's value is `null`
+//! in its invocation and in an `ok` completion the value read, `null` for the initial "no
+//! offset committed yet". Histories of the log workload never contain them, so older
+//! histories read as before.
+//!
 //! The JSON shape of one line:
 //! ```json
 //! {"index":7,"time_ns":1520000,"process":3,"type":"ok","f":"send",
 //!  "value":[{"type":"send","key":0,"value":42,"offset":17}],"node":"n2"}
 //! {"index":9,"time_ns":1710000,"process":4,"type":"ok","f":"poll",
 //!  "value":[{"type":"poll","key":0,"reads":[[16,41],[17,42]]}]}
+//! {"index":12,"time_ns":2210000,"process":5,"type":"ok","f":"write",
+//!  "value":[{"type":"write","key":1,"value":5000003}],"node":"n1"}
+//! {"index":14,"time_ns":2290000,"process":6,"type":"ok","f":"read",
+//!  "value":[{"type":"read","key":1,"value":5000003}],"node":"n3"}
 //! ```
 
 use std::collections::HashMap;
@@ -50,6 +60,10 @@ pub enum F {
     Assign,
     /// A final read; checked like a poll.
     Drain,
+    /// A register write (`Mop::Write`).
+    Write,
+    /// A register read (`Mop::Read`).
+    Read,
 }
 
 /// One micro-operation inside an op's `value`.
@@ -68,6 +82,15 @@ pub enum Mop {
         key: Key,
         #[serde(default)]
         reads: Vec<(u64, Value)>,
+    },
+    /// Sets the register `key` to `value`, unique among the key's writes.
+    Write { key: Key, value: Value },
+    /// Reads the register `key`: `None` in an invocation; in an `ok` completion the value
+    /// read, `None` meaning the initial value (nothing written yet).
+    Read {
+        key: Key,
+        #[serde(default)]
+        value: Option<Value>,
     },
 }
 

@@ -8,8 +8,11 @@
 //! - [`lazyfs`]: the FUSE layer that loses unfsynced writes (`rocketraft-jepsen lazyfs`);
 //! - [`clock`]: per-node wall-clock skew through libfaketime;
 //! - [`workload`]: the log workload's clients (official v2 API) and final reads;
+//! - [`register`]: the register workload's clients: a consumer group's committed offset
+//!   per key, written with `UpdateOffset` and read with `GetOffset`;
 //! - [`history`]: the JSON-lines history of operations;
-//! - [`checker`]: the analyses (the log checker, a port of Jepsen's Kafka workload);
+//! - [`checker`]: the analyses (the log checker, a port of Jepsen's Kafka workload; the
+//!   register checker, a linearizability search);
 //! - [`plot`]: throughput and latency over time, fault windows shaded (PNG);
 //! - [`run`]: one run from start to verdict, and its directory of results.
 //!
@@ -24,5 +27,6 @@ pub mod membership;
 pub mod nemesis;
 pub mod netns;
 pub mod plot;
+pub mod register;
 pub mod run;
 pub mod workload;

@@ -17,8 +17,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rocketraft_jepsen::checker::Validity;
 use rocketraft_jepsen::checker::log::LogCheckOptions;
+use rocketraft_jepsen::checker::register::{MAX_STATES_DEFAULT, RegisterCheckOptions};
+use rocketraft_jepsen::history::{F, Op};
 use rocketraft_jepsen::nemesis::parse_faults;
-use rocketraft_jepsen::run::{Results, RunOptions, run};
+use rocketraft_jepsen::register::RegisterOptions;
+use rocketraft_jepsen::run::{Results, RunOptions, Workload, run};
 use rocketraft_jepsen::workload::LogOptions;
 
 #[derive(Parser)]
@@ -33,10 +36,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// One run of the log workload under the given faults.
+    /// One run of a workload under the given faults.
     Run {
         #[command(flatten)]
         common: Common,
+        /// log (sends and polls on queues) or register (offset commits and reads, checked
+        /// for linearizability).
+        #[arg(long, default_value = "log")]
+        workload: String,
         /// Faults, comma-separated: kill, pause, partition, membership, lose-unfsynced,
         /// pause-kill, clock (or none).
         #[arg(long, default_value = "kill,pause,partition")]
@@ -46,7 +53,8 @@ enum Cmd {
         seed: Option<u64>,
     },
     /// A fixed set of runs: smoke (CI: kill, pause, partition, mixed, pause-kill) or long
-    /// (each fault class 10 times, mixes, and 5-node groups for bridge and ring partitions).
+    /// (each fault class 10 times, mixes, 5-node groups for bridge and ring partitions, and
+    /// one register run under pauses). The log workload unless an entry says otherwise.
     Suite {
         #[command(flatten)]
         common: Common,
@@ -56,8 +64,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Checks a saved history.jsonl again and prints the log checker's report.
-    Check { history: PathBuf },
+    /// Checks a saved history.jsonl again and prints the checker's report: the register
+    /// checker if the history has register ops, else the log checker.
+    Check {
+        history: PathBuf,
+        /// The register checker's cap on search states per key.
+        #[arg(long, default_value_t = MAX_STATES_DEFAULT)]
+        max_states: usize,
+    },
     /// Mounts `backing` at `mount` through a FUSE layer that keeps written data in memory
     /// until it is fsynced. SIGUSR1 drops every unsynced write (a power loss); SIGTERM
     /// unmounts. Needs root (or FUSE rights) and /dev/fuse.
@@ -95,6 +109,10 @@ struct Common {
     /// The rocketraft-broker binary; by default the one next to this binary.
     #[arg(long)]
     broker_bin: Option<PathBuf>,
+    /// Register workload: the checker's cap on search states per key; beyond it the key's
+    /// verdict is unknown.
+    #[arg(long, default_value_t = MAX_STATES_DEFAULT)]
+    max_states: usize,
 }
 
 fn main() -> ExitCode {
@@ -145,17 +163,15 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Lazyfs { .. } => anyhow::bail!("lazyfs is served before the runtime starts"),
         Cmd::Run {
             common,
+            workload,
             nemesis,
             seed,
         } => {
             let seed = seed.unwrap_or_else(rand::random);
+            let workload = Workload::parse(&workload)?;
             let faults = parse_faults(&nemesis)?;
-            let name = if faults.is_empty() {
-                "none".to_string()
-            } else {
-                nemesis.replace(',', "+")
-            };
-            let opts = options(&common, &name, &nemesis, seed, common.nodes, 60)?;
+            let name = run_name(workload, &nemesis, faults.is_empty());
+            let opts = options(&common, workload, &name, &nemesis, seed, common.nodes, 60)?;
             let opts = RunOptions { faults, ..opts };
             Ok(exit_code(&[report(run(&opts).await)?]))
         }
@@ -167,14 +183,15 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             let plan = suite(&which)?;
             let default_time = if which == "long" { 120 } else { 60 };
             let mut verdicts = Vec::new();
-            for (i, (nemesis, nodes, repeat)) in plan.into_iter().enumerate() {
+            for (i, (nemesis, nodes, repeat, workload)) in plan.into_iter().enumerate() {
                 for r in 0..repeat {
                     let seed = seed + (i as u64) * 100 + r as u64;
                     let nodes = nodes.unwrap_or(common.nodes);
-                    let name = nemesis.replace(',', "+");
+                    let faults = parse_faults(nemesis)?;
+                    let name = run_name(workload, nemesis, faults.is_empty());
                     let opts = RunOptions {
-                        faults: parse_faults(nemesis)?,
-                        ..options(&common, &name, nemesis, seed, nodes, default_time)?
+                        faults,
+                        ..options(&common, workload, &name, nemesis, seed, nodes, default_time)?
                     };
                     verdicts.push(report(run(&opts).await)?);
                 }
@@ -186,8 +203,23 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             );
             Ok(exit_code(&verdicts))
         }
-        Cmd::Check { history } => {
+        Cmd::Check {
+            history,
+            max_states,
+        } => {
             let ops = rocketraft_jepsen::history::read_history(&history)?;
+            if is_register_history(&ops) {
+                let report = rocketraft_jepsen::checker::register::check(
+                    &ops,
+                    &RegisterCheckOptions {
+                        min_ok_writes: 1,
+                        min_ok_reads: 1,
+                        max_states,
+                    },
+                );
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(exit_code(&[report.valid]));
+            }
             let report = rocketraft_jepsen::checker::log::check(
                 &ops,
                 &LogCheckOptions {
@@ -201,32 +233,59 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
     }
 }
 
-/// The runs of a suite: (faults, node count if not the default, repetitions).
-fn suite(which: &str) -> Result<Vec<(&'static str, Option<usize>, usize)>> {
+/// A history the register workload wrote: it has register ops (the log workload never
+/// writes them).
+fn is_register_history(ops: &[Op]) -> bool {
+    ops.iter().any(|o| matches!(o.f, F::Write | F::Read))
+}
+
+/// A run's directory name (before the seed): the faults, prefixed by the workload unless
+/// it is the log workload (whose names predate the option).
+fn run_name(workload: Workload, nemesis: &str, no_faults: bool) -> String {
+    let faults = if no_faults {
+        "none".to_string()
+    } else {
+        nemesis.replace(',', "+")
+    };
+    match workload {
+        Workload::Log => faults,
+        other => format!("{}-{faults}", other.name()),
+    }
+}
+
+/// One entry of a suite: faults, node count if not the default, repetitions, workload.
+type SuiteEntry = (&'static str, Option<usize>, usize, Workload);
+
+/// The runs of a suite.
+fn suite(which: &str) -> Result<Vec<SuiteEntry>> {
+    use Workload::{Log, Register};
     Ok(match which {
         "smoke" => vec![
-            ("kill", None, 1),
-            ("pause", None, 1),
-            ("partition", None, 1),
-            ("kill,pause,partition", None, 1),
-            ("pause-kill", None, 1),
+            ("kill", None, 1, Log),
+            ("pause", None, 1, Log),
+            ("partition", None, 1, Log),
+            ("kill,pause,partition", None, 1, Log),
+            ("pause-kill", None, 1, Log),
         ],
         "long" => vec![
-            ("kill", None, 10),
-            ("pause", None, 10),
-            ("partition", None, 10),
-            ("kill,pause,partition", None, 10),
-            ("partition", Some(5), 10),
-            ("membership", None, 10),
-            ("membership,kill,partition", None, 10),
-            ("lose-unfsynced", None, 10),
-            ("pause-kill", None, 10),
-            ("clock", None, 10),
+            ("kill", None, 10, Log),
+            ("pause", None, 10, Log),
+            ("partition", None, 10, Log),
+            ("kill,pause,partition", None, 10, Log),
+            ("partition", Some(5), 10, Log),
+            ("membership", None, 10, Log),
+            ("membership,kill,partition", None, 10, Log),
+            ("lose-unfsynced", None, 10, Log),
+            ("pause-kill", None, 10, Log),
+            ("clock", None, 10, Log),
             (
                 "clock,lose-unfsynced,membership,partition,pause",
                 Some(5),
                 10,
+                Log,
             ),
+            // A paused leader that wakes up deposed is the classic stale reader.
+            ("pause", None, 1, Register),
         ],
         other => anyhow::bail!("unknown suite {other:?}: expected smoke or long"),
     })
@@ -234,6 +293,7 @@ fn suite(which: &str) -> Result<Vec<(&'static str, Option<usize>, usize)>> {
 
 fn options(
     common: &Common,
+    workload: Workload,
     name: &str,
     nemesis: &str,
     seed: u64,
@@ -250,8 +310,11 @@ fn options(
             .join("rocketraft-broker"),
     };
     let command = format!(
-        "rocketraft-jepsen run --nemesis {nemesis} --seed {seed} --time-limit {} --nodes {nodes} --rate {} --keys {}",
-        time_limit, common.rate, common.keys
+        "rocketraft-jepsen run --workload {} --nemesis {nemesis} --seed {seed} --time-limit {} --nodes {nodes} --rate {} --keys {}",
+        workload.name(),
+        time_limit,
+        common.rate,
+        common.keys
     );
     let time_limit = Duration::from_secs(time_limit);
     Ok(RunOptions {
@@ -263,26 +326,43 @@ fn options(
         out: common.out.clone(),
         broker_bin,
         jepsen_bin,
+        workload,
         log: LogOptions {
             keys: common.keys,
             rate: common.rate,
             ..LogOptions::default()
         },
+        register: RegisterOptions {
+            keys: common.keys,
+            rate: common.rate,
+            ..RegisterOptions::default()
+        },
         quiet: Duration::from_secs(5),
         // Sends and polls are each half the load: at least a fifth of each must succeed.
         min_ok_sends: (common.rate * time_limit.as_secs_f64() * 0.1) as usize,
         min_ok_polls: (common.rate * time_limit.as_secs_f64() * 0.1) as usize,
+        // The same for the register workload's writes and reads.
+        min_ok_writes: (common.rate * time_limit.as_secs_f64() * 0.1) as usize,
+        min_ok_reads: (common.rate * time_limit.as_secs_f64() * 0.1) as usize,
+        max_states: common.max_states,
         command,
     })
 }
 
 fn report(r: Result<Results>) -> Result<Validity> {
     let r = r?;
+    let ok_ops = match (&r.log, &r.register) {
+        (Some(log), _) => format!("{} ok sends", log.stats.send_ok),
+        (None, Some(register)) => format!(
+            "{} ok writes, {} ok reads",
+            register.stats.write_ok, register.stats.read_ok
+        ),
+        (None, None) => "no checker report".into(),
+    };
     println!(
-        "{}: {:?} ({} ok sends, {} faults, {} leader changes) -> {}",
+        "{}: {:?} ({ok_ops}, {} faults, {} leader changes) -> {}",
         r.name,
         r.valid,
-        r.log.stats.send_ok,
         r.fault_windows.len(),
         r.leader_changes,
         r.dir.join("summary.md").display()
@@ -298,5 +378,33 @@ fn exit_code(verdicts: &[Validity]) -> u8 {
         Some(Validity::Fail) => 1,
         Some(Validity::Unknown) => 2,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_long_suite_has_a_register_run_and_exactly_one() {
+        let registers = |which| -> Result<usize> {
+            Ok(suite(which)?
+                .iter()
+                .filter(|(_, _, _, w)| *w == Workload::Register)
+                .map(|(_, _, repeat, _)| *repeat)
+                .sum())
+        };
+        assert_eq!(registers("smoke").ok(), Some(0));
+        assert_eq!(registers("long").ok(), Some(1));
+    }
+
+    #[test]
+    fn run_names_keep_the_log_workload_unprefixed() {
+        assert_eq!(run_name(Workload::Log, "kill,pause", false), "kill+pause");
+        assert_eq!(
+            run_name(Workload::Register, "pause", false),
+            "register-pause"
+        );
+        assert_eq!(run_name(Workload::Register, "none", true), "register-none");
     }
 }

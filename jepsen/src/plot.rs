@@ -23,8 +23,10 @@ const SIZE_PX: (u32, u32) = (1200, 600);
 
 /// The throughput plot's lines, in legend order, each with a fixed colour so runs compare at
 /// a glance. Assign is left out: it is bookkeeping, not traffic. Drain (the final reads after
-/// the faults) gets its own lines, to show when the run's last reads happened.
-const THROUGHPUT_SERIES: [(F, OpType, RGBColor); 9] = [
+/// the faults) gets its own lines, to show when the run's last reads happened. The register
+/// workload's writes and reads take the colours of sends and polls: a run has one or the
+/// other.
+const THROUGHPUT_SERIES: [(F, OpType, RGBColor); 14] = [
     (F::Send, OpType::Ok, RGBColor(31, 119, 180)),
     (F::Send, OpType::Info, RGBColor(255, 127, 14)),
     (F::Poll, OpType::Ok, RGBColor(44, 160, 44)),
@@ -34,6 +36,11 @@ const THROUGHPUT_SERIES: [(F, OpType, RGBColor); 9] = [
     (F::Drain, OpType::Ok, RGBColor(227, 119, 194)),
     (F::Drain, OpType::Info, RGBColor(127, 127, 127)),
     (F::Drain, OpType::Fail, RGBColor(188, 189, 34)),
+    (F::Write, OpType::Ok, RGBColor(31, 119, 180)),
+    (F::Write, OpType::Info, RGBColor(255, 127, 14)),
+    (F::Write, OpType::Fail, RGBColor(148, 103, 189)),
+    (F::Read, OpType::Ok, RGBColor(44, 160, 44)),
+    (F::Read, OpType::Fail, RGBColor(214, 39, 40)),
 ];
 
 /// One completed op.
@@ -158,7 +165,7 @@ fn draw_throughput(path: &Path, done: &[Completion], windows: &[Window], end_s: 
 fn draw_latency(path: &Path, done: &[Completion], windows: &[Window], end_s: f64) -> Result<()> {
     let points: Vec<&Completion> = done
         .iter()
-        .filter(|c| matches!(c.f, F::Send | F::Poll))
+        .filter(|c| matches!(c.f, F::Send | F::Poll | F::Write | F::Read))
         .collect();
     // Whole decades on the log axis, with at least one empty decade above the slowest op for
     // the legend; latencies below 1 µs are drawn at the floor.
@@ -171,7 +178,7 @@ fn draw_latency(path: &Path, done: &[Completion], windows: &[Window], end_s: f64
 
     let root = BitMapBackend::new(path, SIZE_PX).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = chart_builder(&root, "Latency of each send and poll, by outcome")
+    let mut chart = chart_builder(&root, "Latency of each client op, by outcome")
         .build_cartesian_2d(0.0..end_s, (y_lo..y_hi).log_scale())?;
     shade_faults(&mut chart, windows, (y_lo, y_hi))?;
     chart
@@ -186,7 +193,7 @@ fn draw_latency(path: &Path, done: &[Completion], windows: &[Window], end_s: f64
     // Fail and info drawn last: they are rarer and the reason to look.
     for kind in [OpType::Ok, OpType::Info, OpType::Fail] {
         let style = outcome_colour(kind).mix(0.7).filled();
-        for f in [F::Send, F::Poll] {
+        for f in [F::Send, F::Poll, F::Write, F::Read] {
             let at: Vec<(f64, f64)> = points
                 .iter()
                 .filter(|c| (c.f, c.kind) == (f, kind))
@@ -196,8 +203,9 @@ fn draw_latency(path: &Path, done: &[Completion], windows: &[Window], end_s: f64
                 continue;
             }
             let label = series_label(f, kind);
-            // Sends are dots, polls triangles, so outcome (colour) and op stay separable.
-            if f == F::Send {
+            // Sends and writes are dots, polls and reads triangles, so outcome (colour) and op
+            // stay separable.
+            if matches!(f, F::Send | F::Write) {
                 chart
                     .draw_series(at.into_iter().map(|p| Circle::new(p, 2, style)))?
                     .label(label)
@@ -297,6 +305,8 @@ fn series_label(f: F, kind: OpType) -> String {
         F::Poll => "poll",
         F::Assign => "assign",
         F::Drain => "drain",
+        F::Write => "write",
+        F::Read => "read",
     };
     let kind = match kind {
         OpType::Invoke => "invoke",

@@ -16,11 +16,41 @@ use tokio::sync::watch;
 
 use crate::checker::Validity;
 use crate::checker::log::{LogCheckOptions, LogReport};
+use crate::checker::register::{RegisterCheckOptions, RegisterReport};
 use crate::cluster::{Cluster, ClusterOptions, agreed_leader};
 use crate::history::{HistoryWriter, Key, Mop, Op, OpType};
 use crate::membership;
 use crate::nemesis::{FaultKind, Nemesis, Window};
+use crate::register::{self, RegisterOptions};
 use crate::workload::{self, Clients, Ids, LogOptions};
+
+/// What the clients do during a run, and which checker judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Sends and polls on keyed queues ([`crate::workload`], [`crate::checker::log`]).
+    Log,
+    /// Offset commits and reads as registers ([`crate::register`],
+    /// [`crate::checker::register`]).
+    Register,
+}
+
+impl Workload {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "log" => Ok(Self::Log),
+            "register" => Ok(Self::Register),
+            other => anyhow::bail!("unknown workload {other:?}: expected log or register"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Register => "register",
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -34,11 +64,20 @@ pub struct RunOptions {
     pub broker_bin: PathBuf,
     /// This harness's binary, which also serves the lazyfs mounts.
     pub jepsen_bin: PathBuf,
+    pub workload: Workload,
+    /// The log workload's options (used when `workload` is `Log`).
     pub log: LogOptions,
+    /// The register workload's options (used when `workload` is `Register`).
+    pub register: RegisterOptions,
     /// Calm time after healing and restarting, before the final reads.
     pub quiet: Duration,
     pub min_ok_sends: usize,
     pub min_ok_polls: usize,
+    /// The register workload's vacuity guards, before scaling by occupied slots.
+    pub min_ok_writes: usize,
+    pub min_ok_reads: usize,
+    /// The register checker's cap on search states per key.
+    pub max_states: usize,
     /// The command line that reproduces this run, for the report.
     pub command: String,
 }
@@ -55,6 +94,7 @@ pub struct LeaderChange {
 pub struct Results {
     pub name: String,
     pub valid: Validity,
+    pub workload: Workload,
     pub seed: u64,
     pub command: String,
     pub nodes: usize,
@@ -66,11 +106,14 @@ pub struct Results {
     pub nemesis_errors: Vec<String>,
     /// Distinct (leader, term) pairs seen after the first.
     pub leader_changes: usize,
-    /// Keys where some node's queue differs from the others after quiescence.
+    /// Keys where some node's queue (log) or committed offset (register) differs from the
+    /// others after quiescence.
     pub replica_divergence: Vec<String>,
-    /// Keys where no send succeeded within the liveness deadline after healing.
+    /// Keys where no send (log) or write (register) succeeded within the liveness deadline
+    /// after healing.
     pub not_live: Vec<Key>,
-    /// Keys the final reads could not finish.
+    /// Keys the final reads could not finish (log: the drain; register: a read through
+    /// every member).
     pub drain_unfinished: Vec<Key>,
     /// Acknowledged messages whose store timestamp lies off the real clock (clock faults
     /// must show here, or they never reached the broker).
@@ -78,7 +121,12 @@ pub struct Results {
     /// The group's membership at the end, when membership changes ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_membership: Option<membership::View>,
-    pub log: LogReport,
+    /// The log checker's report (log workload only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogReport>,
+    /// The register checker's report (register workload only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register: Option<RegisterReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plot_error: Option<String>,
     pub dir: PathBuf,
@@ -124,8 +172,12 @@ pub async fn run(opts: &RunOptions) -> Result<Results> {
 
 async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<Results> {
     cluster.wait_leader(Duration::from_secs(30)).await?;
-    for key in 0..opts.log.keys {
-        cluster.create_topic(&workload::topic(key), 1).await?;
+    for key in 0..keys(opts) {
+        let topic = match opts.workload {
+            Workload::Log => workload::topic(key),
+            Workload::Register => register::topic(key),
+        };
+        cluster.create_topic(&topic, 1).await?;
     }
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
 
@@ -134,7 +186,11 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     let start = history.start();
     let wall_start_ms = crate::clock::real_now_ms() - start.elapsed().as_millis() as i64;
     let ids = Arc::new(Ids::new());
-    let clients = Clients::new(cluster.addrs(), opts.log.op_timeout)?;
+    let op_timeout = match opts.workload {
+        Workload::Log => opts.log.op_timeout,
+        Workload::Register => opts.register.op_timeout,
+    };
+    let clients = Clients::new(cluster.addrs(), op_timeout)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let monitor = tokio::spawn(monitor(
@@ -144,15 +200,19 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         stop_rx.clone(),
     ));
     let load = {
-        let (log, clients, history, ids, seed) = (
-            opts.log.clone(),
-            clients.clone(),
-            history.clone(),
-            ids.clone(),
-            opts.seed,
-        );
+        let (opts, clients, history, ids) =
+            (opts.clone(), clients.clone(), history.clone(), ids.clone());
         let stop = stop_rx.clone();
-        tokio::spawn(async move { workload::run(&log, &clients, &history, &ids, seed, stop).await })
+        tokio::spawn(async move {
+            match opts.workload {
+                Workload::Log => {
+                    workload::run(&opts.log, &clients, &history, &ids, opts.seed, stop).await
+                }
+                Workload::Register => {
+                    register::run(&opts.register, &clients, &history, &ids, opts.seed, stop).await
+                }
+            }
+        })
     };
 
     let mut nemesis = Nemesis::new(
@@ -191,23 +251,60 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     }
     let (not_live, drain_unfinished, replica_divergence, stored) = if not_healed.is_none() {
         tokio::time::sleep(opts.quiet).await;
-        let not_live = liveness(opts, &clients, &history, &ids).await;
-        cluster.wait_caught_up(Duration::from_secs(60)).await?;
-        let drain_unfinished = workload::drain(
-            &opts.log,
-            &clients,
-            &history,
-            &ids,
-            Instant::now() + Duration::from_secs(60),
-        )
-        .await;
-        history.flush()?;
-        let (replica_divergence, stored) = replicas(opts, cluster).await?;
-        (not_live, drain_unfinished, replica_divergence, stored)
+        match opts.workload {
+            Workload::Log => {
+                let not_live = liveness(opts, &clients, &history, &ids).await;
+                cluster.wait_caught_up(Duration::from_secs(60)).await?;
+                let drain_unfinished = workload::drain(
+                    &opts.log,
+                    &clients,
+                    &history,
+                    &ids,
+                    Instant::now() + Duration::from_secs(60),
+                )
+                .await;
+                history.flush()?;
+                let (replica_divergence, stored) = replicas(opts, cluster).await?;
+                (not_live, drain_unfinished, replica_divergence, stored)
+            }
+            Workload::Register => {
+                let not_live = register::liveness(
+                    &opts.register,
+                    &clients,
+                    &history,
+                    &ids,
+                    Duration::from_secs(30),
+                )
+                .await;
+                cluster.wait_caught_up(Duration::from_secs(60)).await?;
+                let members = cluster
+                    .ids()
+                    .into_iter()
+                    .map(|id| cluster.slot(id))
+                    .collect::<Result<Vec<usize>>>()?;
+                let reads_unfinished = register::final_reads(
+                    &opts.register,
+                    &clients,
+                    &history,
+                    &ids,
+                    &members,
+                    Duration::from_secs(60),
+                )
+                .await;
+                history.flush()?;
+                let replica_divergence = register_replicas(opts, cluster).await?;
+                (
+                    not_live,
+                    reads_unfinished,
+                    replica_divergence,
+                    StoreTimes::new(),
+                )
+            }
+        }
     } else {
         history.flush()?;
-        let keys: Vec<Key> = (0..opts.log.keys).collect();
-        (keys.clone(), keys, Vec::new(), StoreTimes::new())
+        let all: Vec<Key> = (0..keys(opts)).collect();
+        (all.clone(), all, Vec::new(), StoreTimes::new())
     };
     let leader_changes = monitor.await.unwrap_or(0);
 
@@ -223,13 +320,29 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         let share = available_share(&nemesis.windows, opts.time_limit);
         (min as f64 * share) as usize * opts.nodes / (opts.nodes + cluster_spares(opts))
     };
-    let log = crate::checker::log::check(
-        &ops,
-        &LogCheckOptions {
-            min_ok_sends: expected(opts.min_ok_sends),
-            min_ok_polls: expected(opts.min_ok_polls),
-        },
-    );
+    let (log, register) = match opts.workload {
+        Workload::Log => {
+            let log = crate::checker::log::check(
+                &ops,
+                &LogCheckOptions {
+                    min_ok_sends: expected(opts.min_ok_sends),
+                    min_ok_polls: expected(opts.min_ok_polls),
+                },
+            );
+            (Some(log), None)
+        }
+        Workload::Register => {
+            let register = crate::checker::register::check(
+                &ops,
+                &RegisterCheckOptions {
+                    min_ok_writes: expected(opts.min_ok_writes),
+                    min_ok_reads: expected(opts.min_ok_reads),
+                    max_states: opts.max_states,
+                },
+            );
+            (None, Some(register))
+        }
+    };
 
     let clock_skew_seen = skew_seen(&ops, &stored, wall_start_ms);
 
@@ -245,16 +358,28 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
             }
         ));
     }
-    let mut unknown_reasons = log.unknown_reasons.clone();
-    if log.valid == Validity::Fail {
-        failures.push(format!(
-            "log checker: {}",
-            log.error_counts
-                .iter()
-                .map(|(k, v)| format!("{k} x{v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    let mut unknown_reasons = Vec::new();
+    if let Some(log) = &log {
+        unknown_reasons.extend(log.unknown_reasons.iter().cloned());
+        if log.valid == Validity::Fail {
+            failures.push(format!(
+                "log checker: {}",
+                log.error_counts
+                    .iter()
+                    .map(|(k, v)| format!("{k} x{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if let Some(register) = &register {
+        unknown_reasons.extend(register.unknown_reasons.iter().cloned());
+        if register.valid == Validity::Fail {
+            failures.push(format!(
+                "register checker: not linearizable on keys {:?}",
+                register.anomalous_keys
+            ));
+        }
     }
     if !replica_divergence.is_empty() {
         failures.push(format!(
@@ -263,8 +388,12 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         ));
     }
     if !not_live.is_empty() {
+        let op = match opts.workload {
+            Workload::Log => "send",
+            Workload::Register => "write",
+        };
         failures.push(format!(
-            "no send succeeded after healing on keys {not_live:?}"
+            "no {op} succeeded after healing on keys {not_live:?}"
         ));
     }
     if !drain_unfinished.is_empty() {
@@ -285,7 +414,12 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
                 unknown_reasons.push(format!("no {} fault took effect", kind.name()));
             }
         }
-        if opts.faults.contains(&FaultKind::Clock) && clock_skew_seen.messages == 0 {
+        // Only the log workload stores messages, whose timestamps show the skew; register
+        // runs cannot tell (docs/jepsen.md).
+        if opts.workload == Workload::Log
+            && opts.faults.contains(&FaultKind::Clock)
+            && clock_skew_seen.messages == 0
+        {
             unknown_reasons
                 .push("clock faults ran but no stored message carries a skewed timestamp".into());
         }
@@ -306,6 +440,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     Ok(Results {
         name: opts.name.clone(),
         valid,
+        workload: opts.workload,
         seed: opts.seed,
         command: opts.command.clone(),
         nodes: opts.nodes,
@@ -322,6 +457,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         clock_skew_seen,
         final_membership,
         log,
+        register,
         plot_error,
         dir: dir.to_path_buf(),
     })
@@ -372,7 +508,7 @@ async fn liveness(
 ) -> Vec<Key> {
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    for key in 0..opts.log.keys {
+    for key in 0..keys(opts) {
         let mut ok = false;
         let mut node = 0;
         while !ok && Instant::now() < deadline {
@@ -391,6 +527,14 @@ async fn liveness(
         }
     }
     dead
+}
+
+/// Keys of the run's workload.
+fn keys(opts: &RunOptions) -> Key {
+    match opts.workload {
+        Workload::Log => opts.log.keys,
+        Workload::Register => opts.register.keys,
+    }
 }
 
 /// Namespaces beyond the group's nodes: room for two added nodes in membership runs.
@@ -446,6 +590,31 @@ async fn replicas(opts: &RunOptions, cluster: &Cluster) -> Result<(Vec<String>, 
         }
     }
     Ok((diverged, stored))
+}
+
+/// After quiescence every node must hold the same committed offset for each register key,
+/// read through the admin API from its own applied state (not the client API, which may
+/// answer from the leader).
+async fn register_replicas(opts: &RunOptions, cluster: &Cluster) -> Result<Vec<String>> {
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let mut diverged = Vec::new();
+    for key in 0..opts.register.keys {
+        let topic = register::topic(key);
+        let mut views: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+        for id in cluster.ids() {
+            views.insert(
+                id,
+                cluster
+                    .consumer_offset(id, register::GROUP, &topic, 0)
+                    .await?,
+            );
+        }
+        let distinct: std::collections::BTreeSet<Option<u64>> = views.values().copied().collect();
+        if distinct.len() > 1 {
+            diverged.push(format!("key {key}: committed offsets by node {:?}", views));
+        }
+    }
+    Ok(diverged)
 }
 
 /// How far stored messages' timestamps strayed from the real clock.
@@ -522,11 +691,21 @@ pub fn summary(r: &Results) -> String {
         r.time_limit_s,
         r.command
     );
-    let st = &r.log.stats;
-    s += &format!(
-        "- operations: {} ok sends, {} unknown, {} failed; {} ok polls\n",
-        st.send_ok, st.send_info, st.send_fail, st.poll_ok
-    );
+    s += &format!("- workload: {}\n", r.workload.name());
+    if let Some(log) = &r.log {
+        let st = &log.stats;
+        s += &format!(
+            "- operations: {} ok sends, {} unknown, {} failed; {} ok polls\n",
+            st.send_ok, st.send_info, st.send_fail, st.poll_ok
+        );
+    }
+    if let Some(register) = &r.register {
+        let st = &register.stats;
+        s += &format!(
+            "- operations: {} ok writes, {} unknown, {} failed; {} ok reads ({} of a written value), {} failed\n",
+            st.write_ok, st.write_info, st.write_fail, st.read_ok, st.read_ok_value, st.read_fail
+        );
+    }
     s += &format!(
         "- faults applied: {} ({} took effect); leader changes seen: {}\n",
         r.fault_windows.len(),
@@ -576,10 +755,60 @@ pub fn summary(r: &Results) -> String {
     if let Some(e) = &r.plot_error {
         s += &format!("- no plots: {e}\n");
     }
-    for (class, examples) in &r.log.errors {
+    for (class, examples) in r.log.iter().flat_map(|l| &l.errors) {
         s += &format!("\n## {class}\n\n");
         for e in examples.iter().take(5) {
             s += &format!("- `{e}`\n");
+        }
+    }
+    if let Some(register) = &r.register {
+        s += &register_summary(register);
+    }
+    s
+}
+
+/// Per key: linearizable or not, and for a violation its witness.
+fn register_summary(report: &RegisterReport) -> String {
+    let mut s = String::from("\n## Registers\n\n");
+    for (key, k) in &report.keys {
+        let verdict = match k.valid {
+            Validity::Pass => "linearizable",
+            Validity::Fail => "NOT linearizable",
+            Validity::Unknown => "unknown",
+        };
+        s += &format!(
+            "- key {key}: {verdict} ({} calls, {} states explored){}\n",
+            k.calls,
+            k.states_explored,
+            k.reason
+                .as_ref()
+                .map_or(String::new(), |r| format!(": {r}"))
+        );
+        let Some(w) = &k.witness else { continue };
+        s += &format!(
+            "  - {}{}: {}\n",
+            w.kind,
+            if w.minimal { "" } else { " (not minimised)" },
+            w.explanation
+        );
+        let op = |o: &crate::checker::register::OpRef| {
+            format!(
+                "{:?} {:?} of {} by process {} via {}, {:.3}-{} s",
+                o.f,
+                o.kind,
+                o.value.map_or("nil".into(), |v| v.to_string()),
+                o.process,
+                o.node.as_deref().unwrap_or("?"),
+                o.invoke_s,
+                o.complete_s.map_or("?".into(), |t| format!("{t:.3}"))
+            )
+        };
+        s += &format!("    - read: {}\n", op(&w.read));
+        if let Some(write) = &w.write {
+            s += &format!("    - its write: {}\n", op(write));
+        }
+        for c in &w.conflicts {
+            s += &format!("    - conflicts with: {}\n", op(c));
         }
     }
     s

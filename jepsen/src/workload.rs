@@ -78,11 +78,11 @@ impl Clients {
         })
     }
 
-    fn client(&self, node: usize) -> MessagingServiceClient<Channel> {
+    pub(crate) fn client(&self, node: usize) -> MessagingServiceClient<Channel> {
         MessagingServiceClient::new(self.channels[node].clone())
     }
 
-    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         req.set_timeout(self.timeout);
         for (k, v) in [
@@ -233,14 +233,14 @@ impl SendError {
     }
 }
 
-fn resource(name: &str) -> pb::Resource {
+pub(crate) fn resource(name: &str) -> pb::Resource {
     pb::Resource {
         resource_namespace: String::new(),
         name: name.into(),
     }
 }
 
-fn code_name(code: i32) -> String {
+pub(crate) fn code_name(code: i32) -> String {
     pb::Code::try_from(code).map_or_else(|_| format!("code {code}"), |c| format!("{c:?}"))
 }
 

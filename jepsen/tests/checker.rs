@@ -113,7 +113,7 @@ impl H {
             .iter()
             .map(|m| match m {
                 Mop::Poll { key, .. } => read(*key, &[]),
-                Mop::Send { .. } => panic!("a poll holds poll mops"),
+                _ => panic!("a poll holds poll mops"),
             })
             .collect();
         self.op(process, F::Poll, kind, invoked, reads)

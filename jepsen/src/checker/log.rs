@@ -205,6 +205,11 @@ fn collect(history: &[Op]) -> (Vec<Entry<'_>>, HashSet<(Key, Value)>) {
     let mut entries = Vec::new();
     let mut attempted = HashSet::new();
     for (invoke, completion) in pair_refs(history) {
+        // Register ops belong to the other workload and its checker: a history that mixes
+        // them is judged here on its log ops alone.
+        if matches!(invoke.f, F::Write | F::Read) {
+            continue;
+        }
         let mut sends = Vec::new();
         let mut reads = Vec::new();
         match invoke.f {
@@ -231,7 +236,8 @@ fn collect(history: &[Op]) -> (Vec<Entry<'_>>, HashSet<(Key, Value)>) {
                     }
                 }
             }
-            F::Assign => {}
+            // Register ops were skipped above.
+            F::Assign | F::Write | F::Read => {}
         }
         entries.push(Entry {
             f: invoke.f,
@@ -257,8 +263,8 @@ fn is_read(f: F) -> bool {
 }
 
 /// Breaks of the op protocol. A history that breaks it was recorded by a broken runner, so
-/// the checker will not call it a pass.
-fn malformed(history: &[Op]) -> Vec<String> {
+/// the checker will not call it a pass. Shared with the register checker.
+pub(crate) fn malformed(history: &[Op]) -> Vec<String> {
     #[derive(Clone, Copy)]
     enum Process {
         Open(F),
@@ -275,6 +281,8 @@ fn malformed(history: &[Op]) -> Vec<String> {
         let mops_fit = op.value.iter().all(|mop| match mop {
             Mop::Send { .. } => op.f == F::Send,
             Mop::Poll { .. } => is_read(op.f),
+            Mop::Write { .. } => op.f == F::Write,
+            Mop::Read { .. } => op.f == F::Read,
         });
         if !mops_fit {
             note("ops whose value holds mops of another f", op.index);
@@ -975,6 +983,8 @@ fn stats(cx: &Context) -> LogStats {
             (F::Poll | F::Drain, _) => s.poll_fail += 1,
             (F::Assign, OpType::Ok) => s.assign_ok += 1,
             (F::Assign, _) => {}
+            // Never collected (see `collect`).
+            (F::Write | F::Read, _) => {}
         }
     }
     s

@@ -1,11 +1,14 @@
 //! Checkers: pure functions from a recorded history to a verdict with evidence.
 //!
 //! - [`log`]: the `log` workload (sends and polls on keyed queues), a port of the analyses
-//!   of Jepsen's Kafka workload plus checks that follow from dense queue offsets.
+//!   of Jepsen's Kafka workload plus checks that follow from dense queue offsets;
+//! - [`register`]: the `register` workload (writes and reads of one register per key), a
+//!   linearizability search per key.
 
 use serde::{Deserialize, Serialize};
 
 pub mod log;
+pub mod register;
 
 /// A checker's verdict. The order matters: combining verdicts takes the maximum, so one
 /// `Fail` fails the run and `Unknown` (not enough evidence) is never mistaken for `Pass`.

@@ -1,0 +1,330 @@
+//! The `register` workload: one register per key, written and read through the public
+//! `apache.rocketmq.v2` API on random nodes, for the linearizability checker
+//! ([`crate::checker::register`]).
+//!
+//! A key is (consumer group [`GROUP`], topic `jepsen-register-<key>` with one queue); the
+//! register is the group's committed offset of that queue. Writers set it with
+//! `UpdateOffset` (a follower forwards it to the leader, which commits it through Raft);
+//! readers read it with `GetOffset`, whose `OFFSET_NOT_FOUND` before any write is the
+//! register's initial value. Every write on a key has a unique value, `process * 10^6 +
+//! counter`, so a read names the write it saw.
+//!
+//! Conventions are the log workload's: a write that errs or times out after the request may
+//! have left is unknown (`info`) and ends its process; only a write whose connection could
+//! not be made is a definite failure. A read that errs changed nothing: `fail`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rocketraft_proto::rocketmq::v2 as pb;
+use tokio::sync::watch;
+
+use crate::history::{F, HistoryWriter, Key, Mop, OpType, Value};
+use crate::workload::{Clients, Ids, SendError, code_name, resource};
+
+/// The consumer group whose committed offsets are the registers.
+pub const GROUP: &str = "jepsen-register";
+
+/// Values per process: a process that used them all continues under a fresh id, so values
+/// stay unique.
+const VALUES_PER_PROCESS: u64 = 1_000_000;
+
+pub fn topic(key: Key) -> String {
+    format!("jepsen-register-{key}")
+}
+
+#[derive(Debug, Clone)]
+pub struct RegisterOptions {
+    pub keys: u32,
+    pub writers: usize,
+    pub readers: usize,
+    /// Operations per second, over all clients.
+    pub rate: f64,
+    /// A client gives up on an operation after this long (a write is then unknown).
+    pub op_timeout: Duration,
+}
+
+impl Default for RegisterOptions {
+    fn default() -> Self {
+        Self {
+            keys: 4,
+            writers: 4,
+            readers: 4,
+            rate: 100.0,
+            op_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+fn queue(key: Key) -> pb::MessageQueue {
+    pb::MessageQueue {
+        topic: Some(resource(&topic(key))),
+        id: 0,
+        ..Default::default()
+    }
+}
+
+impl Clients {
+    /// Commits `value` as the register `key` through node `node`.
+    pub async fn update_offset(
+        &self,
+        node: usize,
+        key: Key,
+        value: Value,
+    ) -> Result<(), SendError> {
+        let offset = i64::try_from(value)
+            .map_err(|_| SendError::NotSent(format!("value {value} does not fit an offset")))?;
+        let resp = self
+            .client(node)
+            .update_offset(self.request(pb::UpdateOffsetRequest {
+                group: Some(resource(GROUP)),
+                message_queue: Some(queue(key)),
+                offset,
+            }))
+            .await
+            .map_err(|s| {
+                let text = format!("{:?}: {}", s.code(), s.message());
+                // No connection, so no request: the one error that proves nothing was sent.
+                if s.code() == tonic::Code::Unavailable && s.message().contains("connect error") {
+                    SendError::NotSent(text)
+                } else {
+                    SendError::Unknown(text)
+                }
+            })?
+            .into_inner();
+        // Refusals are still unknown, as for sends: a follower may answer for a forward
+        // whose entry the leader had already appended when the forward broke off.
+        match resp.status {
+            Some(s) if s.code == pb::Code::Ok as i32 => Ok(()),
+            Some(s) => Err(SendError::Unknown(format!(
+                "{}: {}",
+                code_name(s.code),
+                s.message
+            ))),
+            None => Err(SendError::Unknown("no status".into())),
+        }
+    }
+
+    /// The register `key` as node `node` answers it: `None` when no offset was ever
+    /// committed (the initial value).
+    pub async fn get_offset(&self, node: usize, key: Key) -> Result<Option<Value>, String> {
+        let resp = self
+            .client(node)
+            .get_offset(self.request(pb::GetOffsetRequest {
+                group: Some(resource(GROUP)),
+                message_queue: Some(queue(key)),
+            }))
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        match resp.status {
+            Some(s) if s.code == pb::Code::Ok as i32 => Value::try_from(resp.offset)
+                .map(Some)
+                .map_err(|_| format!("negative offset {}", resp.offset)),
+            Some(s) if s.code == pb::Code::OffsetNotFound as i32 => Ok(None),
+            Some(s) => Err(format!("{}: {}", code_name(s.code), s.message)),
+            None => Err("no status".into()),
+        }
+    }
+}
+
+/// Writes `value` to `key` through node `node` as one history op of `process`; returns the
+/// op's outcome (ok, fail or info).
+pub async fn recorded_write(
+    clients: &Clients,
+    history: &HistoryWriter,
+    process: u64,
+    node: usize,
+    key: Key,
+    value: Value,
+) -> OpType {
+    let mops = vec![Mop::Write { key, value }];
+    let inv = history.invoke(process, F::Write, mops.clone(), Vec::new());
+    let result = clients.update_offset(node, key, value).await;
+    let addr = Some(clients.addrs[node].clone());
+    match result {
+        Ok(()) => {
+            history.complete(&inv, OpType::Ok, mops, addr, None);
+            OpType::Ok
+        }
+        Err(e) => {
+            let (kind, error) = e.outcome();
+            history.complete(&inv, kind, mops, addr, Some(error));
+            kind
+        }
+    }
+}
+
+/// Reads `key` through node `node` as one history op of `process`; returns the op's
+/// outcome (ok or fail).
+pub async fn recorded_read(
+    clients: &Clients,
+    history: &HistoryWriter,
+    process: u64,
+    node: usize,
+    key: Key,
+) -> OpType {
+    let inv = history.invoke(
+        process,
+        F::Read,
+        vec![Mop::Read { key, value: None }],
+        Vec::new(),
+    );
+    let result = clients.get_offset(node, key).await;
+    let addr = Some(clients.addrs[node].clone());
+    match result {
+        Ok(value) => {
+            let done = vec![Mop::Read { key, value }];
+            history.complete(&inv, OpType::Ok, done, addr, None);
+            OpType::Ok
+        }
+        // A read that failed changed nothing: a definite failure, as for polls.
+        Err(e) => {
+            history.complete(&inv, OpType::Fail, inv.value.clone(), addr, Some(e));
+            OpType::Fail
+        }
+    }
+}
+
+/// A process and the values it has used.
+struct Process {
+    id: u64,
+    used: u64,
+}
+
+impl Process {
+    fn new(ids: &Ids) -> Self {
+        Self {
+            id: ids.process(),
+            used: 0,
+        }
+    }
+
+    /// The next unique value; `None` once this process has used all of its values.
+    fn value(&mut self) -> Option<Value> {
+        if self.used >= VALUES_PER_PROCESS {
+            return None;
+        }
+        let value = self.id.checked_mul(VALUES_PER_PROCESS)? + self.used;
+        self.used += 1;
+        // Offsets are i64 on the wire: a value beyond that cannot be written.
+        i64::try_from(value).is_ok().then_some(value)
+    }
+}
+
+/// Runs writers and readers until `stop` turns true. Every operation goes to the history.
+pub async fn run(
+    opts: &RegisterOptions,
+    clients: &Clients,
+    history: &Arc<HistoryWriter>,
+    ids: &Arc<Ids>,
+    seed: u64,
+    stop: watch::Receiver<bool>,
+) {
+    let workers = (opts.writers + opts.readers).max(1);
+    // Each worker paces itself so that all together make about `rate` ops/s.
+    let interval = Duration::from_secs_f64(workers as f64 / opts.rate.max(0.1));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (opts, clients, history, ids) =
+            (opts.clone(), clients.clone(), history.clone(), ids.clone());
+        let mut stop = stop.clone();
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64 * 7919));
+        tasks.push(tokio::spawn(async move {
+            let writer = w < opts.writers;
+            let mut process = Process::new(&ids);
+            while !*stop.borrow() {
+                let jitter = rng.random_range(0.5..1.5);
+                tokio::select! {
+                    _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+                    _ = stop.changed() => break,
+                }
+                let key = rng.random_range(0..opts.keys.max(1));
+                let node = rng.random_range(0..clients.addrs.len());
+                if writer {
+                    let Some(value) = process.value() else {
+                        process = Process::new(&ids);
+                        continue;
+                    };
+                    let outcome =
+                        recorded_write(&clients, &history, process.id, node, key, value).await;
+                    // An unknown outcome ends the process (Jepsen semantics).
+                    if outcome == OpType::Info {
+                        process = Process::new(&ids);
+                    }
+                } else {
+                    recorded_read(&clients, &history, process.id, node, key).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// After healing, every key must take a write again within `within`. Returns the keys
+/// that did not.
+pub async fn liveness(
+    opts: &RegisterOptions,
+    clients: &Clients,
+    history: &HistoryWriter,
+    ids: &Ids,
+    within: Duration,
+) -> Vec<Key> {
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    for key in 0..opts.keys {
+        let mut ok = false;
+        let mut node = 0;
+        while !ok && tokio::time::Instant::now() < deadline {
+            let mut process = Process::new(ids);
+            let Some(value) = process.value() else { break };
+            let outcome = recorded_write(clients, history, process.id, node, key, value).await;
+            ok = outcome == OpType::Ok;
+            if !ok {
+                node = (node + 1) % clients.addrs.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if !ok {
+            dead.push(key);
+        }
+    }
+    dead
+}
+
+/// Final reads, after every member applied the leader's commit index: each key read once
+/// through each of `nodes` (the members' client slots; an empty slot would never answer),
+/// retried for a while on errors. Returns the keys some node could not answer for.
+pub async fn final_reads(
+    opts: &RegisterOptions,
+    clients: &Clients,
+    history: &HistoryWriter,
+    ids: &Ids,
+    nodes: &[usize],
+    within: Duration,
+) -> Vec<Key> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut unfinished = Vec::new();
+    for key in 0..opts.keys {
+        let process = ids.process();
+        let mut all = true;
+        for &node in nodes {
+            let mut ok = false;
+            while !ok && tokio::time::Instant::now() < deadline {
+                ok = recorded_read(clients, history, process, node, key).await == OpType::Ok;
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            all &= ok;
+        }
+        if !all {
+            unfinished.push(key);
+        }
+    }
+    unfinished
+}
