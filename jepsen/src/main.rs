@@ -52,7 +52,8 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// A fixed set of runs: smoke (CI: kill, pause, partition, mixed, pause-kill) or long
+    /// A fixed set of runs: smoke (CI: kill, pause, partition, mixed, pause-kill, and one
+    /// register run under partitions) or long
     /// (each fault class 10 times, mixes, 5-node groups for bridge and ring partitions, and
     /// one register run under pauses). The log workload unless an entry says otherwise.
     Suite {
@@ -266,6 +267,8 @@ fn suite(which: &str) -> Result<Vec<SuiteEntry>> {
             ("partition", None, 1, Log),
             ("kill,pause,partition", None, 1, Log),
             ("pause-kill", None, 1, Log),
+            // The register workload once: it is what catches stale offset reads.
+            ("partition", None, 1, Register),
         ],
         "long" => vec![
             ("kill", None, 10, Log),
@@ -386,7 +389,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_long_suite_has_a_register_run_and_exactly_one() {
+    fn each_suite_has_exactly_one_register_run() {
         let registers = |which| -> Result<usize> {
             Ok(suite(which)?
                 .iter()
@@ -394,7 +397,7 @@ mod tests {
                 .map(|(_, _, repeat, _)| *repeat)
                 .sum())
         };
-        assert_eq!(registers("smoke").ok(), Some(0));
+        assert_eq!(registers("smoke").ok(), Some(1));
         assert_eq!(registers("long").ok(), Some(1));
     }
 

@@ -1,6 +1,7 @@
-//! CI's jepsen smoke suite: `rocketraft-jepsen suite smoke` (kill, pause, partition, all
-//! three mixed, and NATS's pause-kill with lost unfsynced writes, one run each on a 3-node
-//! group in network namespaces) must pass.
+//! CI's jepsen smoke suite: `rocketraft-jepsen suite smoke` (the log workload under kill,
+//! pause, partition, all three mixed, and NATS's pause-kill with lost unfsynced writes, and
+//! the register workload under partitions, one run each on a 3-node group in network
+//! namespaces) must pass.
 //!
 //! Needs root for the namespaces and /dev/fuse for lazyfs; elsewhere it says why and skips. `ROCKETRAFT_JEPSEN_TIME`
 //! sets the seconds of faults per run (default 45).
