@@ -196,14 +196,7 @@ impl Proposer {
                         return Ok(Proposed::Forward(node.addr));
                     }
                     // No leader known: an election is under way. Wait for its outcome.
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(tonic::Status::unavailable(format!(
-                            "the broker group has no leader after waiting {} ms",
-                            self.leader_wait.as_millis()
-                        )));
-                    }
-                    self.wait_for_leader(deadline - now).await;
+                    self.wait_for_leader(deadline).await?;
                 }
                 Err(RaftError::APIError(e)) => {
                     return Err(tonic::Status::failed_precondition(e.to_string()));
@@ -232,14 +225,7 @@ impl Proposer {
                     if let Some(node) = f.leader_node {
                         return Ok(ReadFrom::Leader(node.addr));
                     }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(tonic::Status::unavailable(format!(
-                            "the broker group has no leader after waiting {} ms",
-                            self.leader_wait.as_millis()
-                        )));
-                    }
-                    self.wait_for_leader(deadline - now).await;
+                    self.wait_for_leader(deadline).await?;
                 }
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
                     return Err(tonic::Status::unavailable(format!(
@@ -255,13 +241,21 @@ impl Proposer {
         }
     }
 
-    /// Waits (up to `timeout`) until a leader is known that can answer: another node, or
-    /// this one once it really leads. A node that just stepped down may still name itself
-    /// as the leader in its metrics; waiting for "any leader" would then spin.
-    async fn wait_for_leader(&self, timeout: Duration) {
+    /// Waits (until `deadline`) for a leader that can answer: another node, or this one
+    /// once it really leads. A node that just stepped down may still name itself as the
+    /// leader in its metrics; waiting for "any leader" would then spin. Past the deadline,
+    /// the caller's request fails as unavailable.
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<(), tonic::Status> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(tonic::Status::unavailable(format!(
+                "the broker group has no leader after waiting {} ms",
+                self.leader_wait.as_millis()
+            )));
+        }
         let _ = self
             .raft
-            .wait(Some(timeout))
+            .wait(Some(deadline - now))
             .metrics(
                 |m| match m.current_leader {
                     Some(l) if l == m.id => m.state == openraft::ServerState::Leader,
@@ -271,6 +265,7 @@ impl Proposer {
                 "a leader is known",
             )
             .await;
+        Ok(())
     }
 
     /// Holds new proposals back (those under way finish first) until the guard is dropped.

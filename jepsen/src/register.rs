@@ -274,26 +274,18 @@ pub async fn liveness(
     ids: &Ids,
     within: Duration,
 ) -> Vec<Key> {
-    let mut dead = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    for key in 0..opts.keys {
-        let mut ok = false;
-        let mut node = 0;
-        while !ok && tokio::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + within;
+    crate::workload::dead_keys(
+        opts.keys,
+        clients.addrs.len(),
+        deadline,
+        |node, key| async move {
             let mut process = Process::new(ids);
-            let Some(value) = process.value() else { break };
-            let outcome = recorded_write(clients, history, process.id, node, key, value).await;
-            ok = outcome == OpType::Ok;
-            if !ok {
-                node = (node + 1) % clients.addrs.len();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        if !ok {
-            dead.push(key);
-        }
-    }
-    dead
+            let value = process.value()?;
+            Some(recorded_write(clients, history, process.id, node, key, value).await)
+        },
+    )
+    .await
 }
 
 /// Final reads, after every member applied the leader's commit index: each key read once

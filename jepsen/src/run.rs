@@ -316,8 +316,8 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     // Clients spread over every slot, spares too, and an empty slot refuses at once: expect
     // that share fewer successes. Faults meant to halt the group leave only the time outside
     // them to succeed in.
+    let share = available_share(&nemesis.windows, opts.time_limit);
     let expected = |min: usize| {
-        let share = available_share(&nemesis.windows, opts.time_limit);
         (min as f64 * share) as usize * opts.nodes / (opts.nodes + cluster_spares(opts))
     };
     let (log, register) = match opts.workload {
@@ -506,27 +506,19 @@ async fn liveness(
     history: &Arc<HistoryWriter>,
     ids: &Ids,
 ) -> Vec<Key> {
-    let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    for key in 0..keys(opts) {
-        let mut ok = false;
-        let mut node = 0;
-        while !ok && Instant::now() < deadline {
-            let process = ids.process();
-            let value = ids.value();
+    workload::dead_keys(
+        keys(opts),
+        clients.addrs.len(),
+        deadline,
+        |node, key| async move {
             let outcome =
-                workload::recorded_send(clients, history, process, node, key, value).await;
-            ok = outcome == OpType::Ok;
-            if !ok {
-                node = (node + 1) % clients.addrs.len();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        if !ok {
-            dead.push(key);
-        }
-    }
-    dead
+                workload::recorded_send(clients, history, ids.process(), node, key, ids.value())
+                    .await;
+            Some(outcome)
+        },
+    )
+    .await
 }
 
 /// Keys of the run's workload.

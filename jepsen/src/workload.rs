@@ -430,6 +430,40 @@ pub async fn recorded_send(
     }
 }
 
+/// Liveness after healing, for any workload: for each of `keys`, calls `attempt(node, key)`
+/// until it succeeds, moving to the next of `nodes` after each miss, until `deadline`.
+/// `attempt` returns `None` to give up on the key. Returns the keys that never succeeded.
+pub async fn dead_keys<F, Fut>(
+    keys: Key,
+    nodes: usize,
+    deadline: Instant,
+    mut attempt: F,
+) -> Vec<Key>
+where
+    F: FnMut(usize, Key) -> Fut,
+    Fut: std::future::Future<Output = Option<OpType>>,
+{
+    let mut dead = Vec::new();
+    for key in 0..keys {
+        let mut ok = false;
+        let mut node = 0;
+        while !ok && Instant::now() < deadline {
+            let Some(outcome) = attempt(node, key).await else {
+                break;
+            };
+            ok = outcome == OpType::Ok;
+            if !ok {
+                node = (node + 1) % nodes.max(1);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if !ok {
+            dead.push(key);
+        }
+    }
+    dead
+}
+
 /// The highest acknowledged offset per key, from the history so far.
 pub fn max_acked(ops: &[Op]) -> BTreeMap<Key, u64> {
     let mut max = BTreeMap::new();

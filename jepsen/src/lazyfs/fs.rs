@@ -257,6 +257,27 @@ impl LazyFs {
         // A panic mid-operation leaves the maps consistent enough to keep serving.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// unlink and rmdir: `remove` the backing entry, then forget what lazyfs held for it.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl Fn(&Path) -> io::Result<()>,
+    ) {
+        let mut s = self.lock();
+        let result = s.child(parent, name).and_then(|p| {
+            let m = fs::symlink_metadata(&p).map_err(Errno::from)?;
+            remove(&p).map_err(Errno::from)?;
+            s.forget_backing(&m);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 fn time_of(t: TimeOrNow) -> nix::sys::time::TimeSpec {
@@ -376,31 +397,11 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = self.lock();
-        let result = s.child(parent, name).and_then(|p| {
-            let m = fs::symlink_metadata(&p).map_err(Errno::from)?;
-            fs::remove_file(&p).map_err(Errno::from)?;
-            s.forget_backing(&m);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = self.lock();
-        let result = s.child(parent, name).and_then(|p| {
-            let m = fs::symlink_metadata(&p).map_err(Errno::from)?;
-            fs::remove_dir(&p).map_err(Errno::from)?;
-            s.forget_backing(&m);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| fs::remove_dir(p));
     }
 
     fn rename(
