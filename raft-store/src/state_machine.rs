@@ -1053,7 +1053,6 @@ impl StateReader {
             .unwrap_or_default()
     }
 
-    /// Up to `max_count` messages of one queue from `offset` on, in offset order.
     /// How many message bodies this node keeps, over all topics: a full scan, for tests and
     /// diagnostics (it must equal the messages the queues hold).
     pub fn stored_bodies(&self) -> Result<u64, ReadError> {
@@ -1069,6 +1068,7 @@ impl StateReader {
         Ok(n)
     }
 
+    /// Up to `max_count` messages of one queue from `offset` on, in offset order.
     pub fn read_messages(
         &self,
         topic: &str,

@@ -223,18 +223,10 @@ impl Inner {
         if start >= end {
             return Ok(Vec::new());
         }
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(message_key(topic, queue_id, end));
-        let iter = self.db.iterator_cf_opt(
-            self.cf(CF_MESSAGES),
-            opts,
-            IteratorMode::From(&message_key(topic, queue_id, start), Direction::Forward),
-        );
-        let mut bodies = Vec::with_capacity((end - start).min(1024) as usize);
-        for item in iter {
-            let (_, body) = item?;
-            bodies.push(body.into_vec());
-        }
+        let bodies = self.body_keys_in(
+            &message_key(topic, queue_id, start),
+            &message_key(topic, queue_id, end),
+        )?;
         let cf = self.cf(CF_BODIES);
         let values = self
             .db

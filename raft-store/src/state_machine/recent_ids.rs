@@ -43,14 +43,16 @@ impl Generation {
         }
     }
 
-    fn positions(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+    /// The bits `hash` sets; the iterator borrows nothing, so insert can set them as it goes
+    /// (this runs once per stored message: no allocation).
+    fn positions(&self, hash: u64) -> impl Iterator<Item = usize> + use<> {
         let nbits = self.bits.len() as u64 * 64;
         let (h1, h2) = (hash, hash.rotate_left(32) | 1);
         (0..HASHES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % nbits) as usize)
     }
 
     fn insert(&mut self, hash: u64, at_ms: i64) {
-        for p in self.positions(hash).collect::<Vec<_>>() {
+        for p in self.positions(hash) {
             self.bits[p / 64] |= 1 << (p % 64);
         }
         self.ids += 1;
