@@ -153,20 +153,17 @@ impl BrokerNode {
             crate::ops::spawn_http(l, metrics.clone(), stop_background.subscribe());
         }
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(rocketraft_raft_store::network::HTTP2_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(
-                rocketraft_raft_store::network::HTTP2_CONNECTION_WINDOW_BYTES,
-            )
-            .layer(RpcTimingLayer::new(metrics.rpc.clone()))
-            .add_service(RaftTransportService::new(raft.clone()).into_server())
-            .add_service(messaging.into_server())
-            .add_service(
-                BrokerAdminServer::new(admin)
-                    .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX),
-            );
+        let router =
+            rocketraft_proto::transport::server_windows(tonic::transport::Server::builder())
+                .tcp_nodelay(true)
+                .layer(RpcTimingLayer::new(metrics.rpc.clone()))
+                .add_service(RaftTransportService::new(raft.clone()).into_server())
+                .add_service(messaging.into_server())
+                .add_service(
+                    BrokerAdminServer::new(admin)
+                        .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX),
+                );
         // Socket options on the builder only reach sockets tonic binds itself; ours come from
         // our own listener, so TCP_NODELAY is set here. Without it, Nagle plus delayed ACKs
         // stall small replies for ~40 ms.

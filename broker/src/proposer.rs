@@ -288,15 +288,11 @@ impl Proposer {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| {
-                tonic::Status::internal(format!("leader address {addr:?} is invalid: {e}"))
-            })?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+            tonic::Status::internal(format!("leader address {addr:?} is invalid: {e}"))
+        })?;
+        let channel = rocketraft_proto::transport::endpoint_windows(endpoint)
             .tcp_nodelay(true)
-            .initial_stream_window_size(rocketraft_raft_store::network::HTTP2_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(
-                rocketraft_raft_store::network::HTTP2_CONNECTION_WINDOW_BYTES,
-            )
             .connect_timeout(Duration::from_secs(1))
             // A partition drops packets silently, and the connection it cut would otherwise
             // look alive until TCP's retransmission backoff ends, seconds after the network

@@ -41,13 +41,10 @@ impl Connections {
         } else {
             format!("http://{addr}")
         };
-        let c = Endpoint::from_shared(uri)
-            .map_err(|e| Error::invalid("address", format!("{addr:?} is not an address: {e}")))?
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| Error::invalid("address", format!("{addr:?} is not an address: {e}")))?;
+        let c = rocketraft_proto::transport::endpoint_windows(endpoint)
             .tcp_nodelay(true)
-            // h2's 64 KiB default stream window made every 1 MiB pull wait for 16 window
-            // updates (the broker's windows are the same, see its raft-store network module).
-            .initial_stream_window_size(4 * 1024 * 1024)
-            .initial_connection_window_size(16 * 1024 * 1024)
             .connect_timeout(Duration::from_secs(1))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true)

@@ -746,19 +746,16 @@ impl Nameserver {
                 .context("registering metrics")?,
         );
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(rocketraft_raft_store::network::HTTP2_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(
-                rocketraft_raft_store::network::HTTP2_CONNECTION_WINDOW_BYTES,
-            )
-            .layer(rocketraft_broker::ops::RpcTimingLayer::new(
-                metrics.rpc.clone(),
-            ))
-            .add_service(RegistryServer::new(RegistryService(state.clone())))
-            .add_service(GossipServer::new(GossipService(state.clone())))
-            .add_service(NameserverAdminServer::new(AdminService(state.clone())))
-            .add_service(crate::access::AccessPoint::new(state.clone()).into_server());
+        let router =
+            rocketraft_proto::transport::server_windows(tonic::transport::Server::builder())
+                .tcp_nodelay(true)
+                .layer(rocketraft_broker::ops::RpcTimingLayer::new(
+                    metrics.rpc.clone(),
+                ))
+                .add_service(RegistryServer::new(RegistryService(state.clone())))
+                .add_service(GossipServer::new(GossipService(state.clone())))
+                .add_service(NameserverAdminServer::new(AdminService(state.clone())))
+                .add_service(crate::access::AccessPoint::new(state.clone()).into_server());
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {

@@ -26,15 +26,6 @@ use crate::types::{NodeId, Raft, TypeConfig};
 /// snapshots in chunks of `snapshot_max_chunk_size`, far below this.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// HTTP/2 flow-control windows of our servers and channels. h2's default is 64 KiB per
-/// stream: a 1 MiB pull answer or a 16 MiB replication batch then waits for a window update
-/// every 64 KiB, one round trip each, and a pull consumer drained a backlog at 83k msgs/s
-/// with the broker idle half the time. With these, a stream sends up to 4 MiB before it
-/// needs the receiver's update. They bound what a peer may have in flight, not what is
-/// allocated up front.
-pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
-pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
-
 /// Creates one [`Network`] per peer; connections are made lazily.
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
@@ -54,9 +45,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         let client = Endpoint::from_shared(format!("http://{}", node.addr))
             .ok()
             .map(|e| {
-                e.tcp_nodelay(true)
-                    .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
-                    .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+                rocketraft_proto::transport::endpoint_windows(e)
+                    .tcp_nodelay(true)
                     .connect_timeout(self.connect_timeout.unwrap_or(Duration::from_millis(500)))
                     // Finds a connection a partition cut within about 2 s (see the broker's
                     // forwarding channels), so heartbeats resume soon after the network heals.
