@@ -84,26 +84,11 @@ impl Clients {
                 offset,
             }))
             .await
-            .map_err(|s| {
-                let text = format!("{:?}: {}", s.code(), s.message());
-                // No connection, so no request: the one error that proves nothing was sent.
-                if s.code() == tonic::Code::Unavailable && s.message().contains("connect error") {
-                    SendError::NotSent(text)
-                } else {
-                    SendError::Unknown(text)
-                }
-            })?
+            .map_err(SendError::from_status)?
             .into_inner();
-        // Refusals are still unknown, as for sends: a follower may answer for a forward
-        // whose entry the leader had already appended when the forward broke off.
         match resp.status {
             Some(s) if s.code == pb::Code::Ok as i32 => Ok(()),
-            Some(s) => Err(SendError::Unknown(format!(
-                "{}: {}",
-                code_name(s.code),
-                s.message
-            ))),
-            None => Err(SendError::Unknown("no status".into())),
+            other => Err(SendError::refused(other.as_ref())),
         }
     }
 

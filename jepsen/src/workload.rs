@@ -122,32 +122,17 @@ impl Clients {
                 messages: vec![message],
             }))
             .await
-            .map_err(|s| {
-                let text = format!("{:?}: {}", s.code(), s.message());
-                // No connection, so no request: the one error that proves nothing was sent.
-                if s.code() == tonic::Code::Unavailable && s.message().contains("connect error") {
-                    SendError::NotSent(text)
-                } else {
-                    SendError::Unknown(text)
-                }
-            })?
+            .map_err(SendError::from_status)?
             .into_inner();
         let entry = resp.entries.first();
         let status = entry
             .and_then(|e| e.status.as_ref())
             .or(resp.status.as_ref());
-        // Refusals are still unknown: a follower may answer for a forward whose entry the
-        // leader had already appended when the forward broke off.
         match status {
             Some(s) if s.code == pb::Code::Ok as i32 => entry
                 .map(|e| e.offset as u64)
                 .ok_or_else(|| SendError::Unknown("OK without an entry".into())),
-            Some(s) => Err(SendError::Unknown(format!(
-                "{}: {}",
-                code_name(s.code),
-                s.message
-            ))),
-            None => Err(SendError::Unknown("no status".into())),
+            other => Err(SendError::refused(other)),
         }
     }
 
@@ -224,6 +209,26 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// A write RPC's transport error: no connection, so no request, is the one error that
+    /// proves nothing was sent; anything else may have been applied.
+    pub fn from_status(s: tonic::Status) -> Self {
+        let text = format!("{:?}: {}", s.code(), s.message());
+        if s.code() == tonic::Code::Unavailable && s.message().contains("connect error") {
+            Self::NotSent(text)
+        } else {
+            Self::Unknown(text)
+        }
+    }
+
+    /// A write's in-band refusal. Still unknown: a follower may answer for a forward whose
+    /// entry the leader had already appended when the forward broke off.
+    pub fn refused(status: Option<&pb::Status>) -> Self {
+        match status {
+            Some(s) => Self::Unknown(format!("{}: {}", code_name(s.code), s.message)),
+            None => Self::Unknown("no status".into()),
+        }
+    }
+
     /// The history's view of it: a definite failure or an unknown outcome.
     pub fn outcome(&self) -> (OpType, String) {
         match self {
