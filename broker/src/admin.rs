@@ -384,7 +384,7 @@ impl BrokerAdmin for AdminService {
         self.check_queue(&r.topic, r.queue_id)?;
         let offset = self
             .reader
-            .consumer_offset(&r.consumer_group, &r.topic, r.queue_id)
+            .consume_offset(&r.consumer_group, &r.topic, r.queue_id)
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::GetConsumerOffsetResponse { offset }))
     }

@@ -465,6 +465,36 @@ async fn group_progress_counts_what_is_left_per_queue() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn consume_offset_is_the_lowest_unacked_offset_of_a_popping_group() -> anyhow::Result<()> {
+    let mut sm = Sm::new()?;
+    sm.apply_all(vec![topic("T", 1), append(0, 0..4)]).await?;
+    let at = |sm: &Sm| sm.sm.reader().consume_offset("G", "T", 0);
+    assert_eq!(at(&sm)?, None, "a group that never popped has no offset");
+
+    let popped = sm.pop("G", 3, 60_000, 100).await;
+    assert_eq!(popped.len(), 3);
+    assert_eq!(at(&sm)?, Some(0), "nothing acked yet");
+    // Acking the second leaves the first outstanding: the offset stays.
+    assert_eq!(sm.ack("G", vec![popped[1].handle]).await, [true]);
+    assert_eq!(at(&sm)?, Some(0));
+    assert_eq!(sm.ack("G", vec![popped[0].handle]).await, [true]);
+    assert_eq!(at(&sm)?, Some(2));
+    assert_eq!(sm.ack("G", vec![popped[2].handle]).await, [true]);
+    assert_eq!(at(&sm)?, Some(3), "all handed out acked: the cursor");
+
+    // A pull consumer's commit is what the group reports once there is one.
+    sm.apply(Command::CommitOffset {
+        group: "G".into(),
+        topic: "T".into(),
+        queue_id: 0,
+        offset: 1,
+    })
+    .await?;
+    assert_eq!(at(&sm)?, Some(1));
+    Ok(())
+}
+
+#[tokio::test]
 async fn reset_offsets_moves_a_group_to_a_time_and_drops_its_in_flight() -> anyhow::Result<()> {
     let mut sm = Sm::new()?;
     let at = |ts: i64, range: std::ops::Range<usize>| Command::Append {

@@ -233,14 +233,14 @@ pub async fn get_offset(
         let group = group?;
         let (topic, queue_id) = check_queue(ctx, &req.message_queue)?;
         ctx.reader
-            .consumer_offset(&group, &topic.name, queue_id)
+            .consume_offset(&group, &topic.name, queue_id)
             .map_err(|e| (pb::Code::InternalServerError, e.to_string()))?
             .map(|o| o as i64)
             .ok_or_else(|| {
                 (
                     pb::Code::OffsetNotFound,
                     format!(
-                        "group {group:?} has no committed offset for {}/{queue_id}",
+                        "group {group:?} has no committed or acknowledged offset for {}/{queue_id}",
                         topic.name
                     ),
                 )

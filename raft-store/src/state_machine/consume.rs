@@ -985,6 +985,32 @@ impl StateReader {
         Ok(out)
     }
 
+    /// Where `group` resumes on a queue, as `GetOffset` reports it (RocketMQ keeps one
+    /// consumer offset per group and queue, advanced by pull commits and pop acks alike):
+    /// the offset a pull consumer committed; else, for a clustering group that pops, its
+    /// lowest unacknowledged offset. That one never moves back: the cursor only grows, and
+    /// an in-flight entry is only ever removed (acked, dead-lettered) or re-timed, never
+    /// added below the cursor. `None` when the group has neither. Broadcasting groups keep
+    /// progress per consumer, so only their commits count.
+    pub fn consume_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<Option<u64>, ReadError> {
+        if let Some(committed) = self.consumer_offset(group, topic, queue_id)? {
+            return Ok(Some(committed));
+        }
+        let broadcast = self.group(group).is_some_and(|g| g.broadcast);
+        let pk = pop_key(group, "", topic, queue_id);
+        if broadcast || self.inner.db.get_cf(self.inner.cf(CF_POPS), &pk)?.is_none() {
+            return Ok(None);
+        }
+        let cursor = self.inner.cursor(&pk, self.queue_state(topic, queue_id))?;
+        let lowest_inflight = self.inner.inflight(&pk)?.first().map(|(offset, _)| *offset);
+        Ok(Some(lowest_inflight.map_or(cursor, |o| o.min(cursor))))
+    }
+
     /// The earliest delivery time of a scheduled (DELAY) message.
     pub fn next_timer_due_ms(&self) -> Result<Option<i64>, ReadError> {
         let mut iter = self
