@@ -15,6 +15,10 @@
 //! offset committed yet". Histories of the log workload never contain them, so older
 //! histories read as before.
 //!
+//! The `group` workload adds `receive` ops (a `poll` mop: what a pop consumer got), `ack` ops
+//! (one `ack` mop per message acknowledged; an `ok` completion lists only those the broker
+//! accepted) and `offset` ops (a `read` mop: the group's offset on a key).
+//!
 //! The JSON shape of one line:
 //! ```json
 //! {"index":7,"time_ns":1520000,"process":3,"type":"ok","f":"send",
@@ -64,6 +68,12 @@ pub enum F {
     Write,
     /// A register read (`Mop::Read`).
     Read,
+    /// A pop consumer's receive (`Mop::Poll`; the group workload).
+    Receive,
+    /// A pop consumer's ack of what it received (`Mop::Ack`).
+    Ack,
+    /// A read of the consumer group's offset on a key (`Mop::Read`).
+    Offset,
 }
 
 /// One micro-operation inside an op's `value`.
@@ -92,6 +102,8 @@ pub enum Mop {
         #[serde(default)]
         value: Option<Value>,
     },
+    /// Acknowledges the delivery of `value`, received at `offset` of `key`.
+    Ack { key: Key, offset: u64, value: Value },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -10,6 +10,8 @@
 //! - [`workload`]: the log workload's clients (official v2 API) and final reads;
 //! - [`register`]: the register workload's clients: a consumer group's committed offset
 //!   per key, written with `UpdateOffset` and read with `GetOffset`;
+//! - [`group`]: the group workload's clients: pop consumers of one consumer group that
+//!   receive, ack, rebalance and crash, and a reader of the group's offsets;
 //! - [`history`]: the JSON-lines history of operations;
 //! - [`checker`]: the analyses (the log checker, a port of Jepsen's Kafka workload; the
 //!   register checker, a linearizability search);
@@ -21,6 +23,7 @@
 pub mod checker;
 pub mod clock;
 pub mod cluster;
+pub mod group;
 pub mod history;
 pub mod lazyfs;
 pub mod membership;

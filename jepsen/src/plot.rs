@@ -307,6 +307,9 @@ fn series_label(f: F, kind: OpType) -> String {
         F::Drain => "drain",
         F::Write => "write",
         F::Read => "read",
+        F::Receive => "receive",
+        F::Ack => "ack",
+        F::Offset => "offset",
     };
     let kind = match kind {
         OpType::Invoke => "invoke",

@@ -22,7 +22,7 @@ use rocketraft_proto::rocketmq::v2 as pb;
 use tokio::sync::watch;
 
 use crate::history::{F, HistoryWriter, Key, Mop, OpType, Value};
-use crate::workload::{Clients, Ids, SendError, code_name, resource};
+use crate::workload::{Clients, Ids, SendError, resource};
 
 /// The consumer group whose committed offsets are the registers.
 pub const GROUP: &str = "jepsen-register";
@@ -95,23 +95,7 @@ impl Clients {
     /// The register `key` as node `node` answers it: `None` when no offset was ever
     /// committed (the initial value).
     pub async fn get_offset(&self, node: usize, key: Key) -> Result<Option<Value>, String> {
-        let resp = self
-            .client(node)
-            .get_offset(self.request(pb::GetOffsetRequest {
-                group: Some(resource(GROUP)),
-                message_queue: Some(queue(key)),
-            }))
-            .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-            .into_inner();
-        match resp.status {
-            Some(s) if s.code == pb::Code::Ok as i32 => Value::try_from(resp.offset)
-                .map(Some)
-                .map_err(|_| format!("negative offset {}", resp.offset)),
-            Some(s) if s.code == pb::Code::OffsetNotFound as i32 => Ok(None),
-            Some(s) => Err(format!("{}: {}", code_name(s.code), s.message)),
-            None => Err("no status".into()),
-        }
+        self.consume_offset(node, GROUP, &topic(key)).await
     }
 }
 

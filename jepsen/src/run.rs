@@ -15,9 +15,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::checker::Validity;
+use crate::checker::group::{GroupCheckOptions, GroupReport};
 use crate::checker::log::{LogCheckOptions, LogReport};
 use crate::checker::register::{RegisterCheckOptions, RegisterReport};
 use crate::cluster::{Cluster, ClusterOptions, agreed_leader};
+use crate::group::{self, GroupOptions};
 use crate::history::{HistoryWriter, Key, Mop, Op, OpType};
 use crate::membership;
 use crate::nemesis::{FaultKind, Nemesis, Window};
@@ -33,6 +35,12 @@ pub enum Workload {
     /// Offset commits and reads as registers ([`crate::register`],
     /// [`crate::checker::register`]).
     Register,
+    /// A consumer group of pop consumers with rebalances, crashes and acks
+    /// ([`crate::group`], [`crate::checker::group`]).
+    Group,
+    /// The log workload with producer retries of sends whose outcome is unknown, under
+    /// producer deduplication: a retry must not store a second copy.
+    Dedup,
 }
 
 impl Workload {
@@ -40,7 +48,11 @@ impl Workload {
         match name {
             "log" => Ok(Self::Log),
             "register" => Ok(Self::Register),
-            other => anyhow::bail!("unknown workload {other:?}: expected log or register"),
+            "group" => Ok(Self::Group),
+            "dedup" => Ok(Self::Dedup),
+            other => {
+                anyhow::bail!("unknown workload {other:?}: expected log, register, group or dedup")
+            }
         }
     }
 
@@ -48,9 +60,28 @@ impl Workload {
         match self {
             Self::Log => "log",
             Self::Register => "register",
+            Self::Group => "group",
+            Self::Dedup => "dedup",
+        }
+    }
+
+    /// Whether the run's history is the log workload's (checked by the log checker).
+    fn is_log(self) -> bool {
+        matches!(self, Self::Log | Self::Dedup)
+    }
+
+    /// The topic of `key`.
+    fn topic(self, key: Key) -> String {
+        match self {
+            Self::Log | Self::Dedup => workload::topic(key),
+            Self::Register => register::topic(key),
+            Self::Group => group::topic(key),
         }
     }
 }
+
+/// Producer retries of an unknown send in the dedup workload.
+const DEDUP_RETRIES: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -69,6 +100,8 @@ pub struct RunOptions {
     pub log: LogOptions,
     /// The register workload's options (used when `workload` is `Register`).
     pub register: RegisterOptions,
+    /// The group workload's options (used when `workload` is `Group`).
+    pub group: GroupOptions,
     /// Calm time after healing and restarting, before the final reads.
     pub quiet: Duration,
     pub min_ok_sends: usize,
@@ -127,6 +160,9 @@ pub struct Results {
     /// The register checker's report (register workload only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub register: Option<RegisterReport>,
+    /// The group checker's report (group workload only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plot_error: Option<String>,
     pub dir: PathBuf,
@@ -173,11 +209,7 @@ pub async fn run(opts: &RunOptions) -> Result<Results> {
 async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<Results> {
     cluster.wait_leader(Duration::from_secs(30)).await?;
     for key in 0..keys(opts) {
-        let topic = match opts.workload {
-            Workload::Log => workload::topic(key),
-            Workload::Register => register::topic(key),
-        };
-        cluster.create_topic(&topic, 1).await?;
+        cluster.create_topic(&opts.workload.topic(key), 1).await?;
     }
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
 
@@ -187,8 +219,9 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     let wall_start_ms = crate::clock::real_now_ms() - start.elapsed().as_millis() as i64;
     let ids = Arc::new(Ids::new());
     let op_timeout = match opts.workload {
-        Workload::Log => opts.log.op_timeout,
+        Workload::Log | Workload::Dedup => opts.log.op_timeout,
         Workload::Register => opts.register.op_timeout,
+        Workload::Group => opts.group.op_timeout,
     };
     let clients = Clients::new(cluster.addrs(), op_timeout)?;
 
@@ -208,8 +241,16 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
                 Workload::Log => {
                     workload::run(&opts.log, &clients, &history, &ids, opts.seed, stop).await
                 }
+                Workload::Dedup => {
+                    let mut log = opts.log.clone();
+                    log.retries = log.retries.max(DEDUP_RETRIES);
+                    workload::run(&log, &clients, &history, &ids, opts.seed, stop).await
+                }
                 Workload::Register => {
                     register::run(&opts.register, &clients, &history, &ids, opts.seed, stop).await
+                }
+                Workload::Group => {
+                    group::run(&opts.group, &clients, &history, &ids, opts.seed, stop).await
                 }
             }
         })
@@ -252,7 +293,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     let (not_live, drain_unfinished, replica_divergence, stored) = if not_healed.is_none() {
         tokio::time::sleep(opts.quiet).await;
         match opts.workload {
-            Workload::Log => {
+            Workload::Log | Workload::Dedup => {
                 let not_live = liveness(opts, &clients, &history, &ids).await;
                 cluster.wait_caught_up(Duration::from_secs(60)).await?;
                 let drain_unfinished = workload::drain(
@@ -266,6 +307,26 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
                 history.flush()?;
                 let (replica_divergence, stored) = replicas(opts, cluster).await?;
                 (not_live, drain_unfinished, replica_divergence, stored)
+            }
+            Workload::Group => {
+                let not_live = liveness(opts, &clients, &history, &ids).await;
+                cluster.wait_caught_up(Duration::from_secs(60)).await?;
+                let drain_unfinished = group::drain(
+                    &opts.group,
+                    &clients,
+                    &history,
+                    &ids,
+                    Instant::now() + Duration::from_secs(60),
+                )
+                .await;
+                history.flush()?;
+                let replica_divergence = offset_replicas(opts, cluster, group::GROUP).await?;
+                (
+                    not_live,
+                    drain_unfinished,
+                    replica_divergence,
+                    StoreTimes::new(),
+                )
             }
             Workload::Register => {
                 let not_live = register::liveness(
@@ -292,7 +353,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
                 )
                 .await;
                 history.flush()?;
-                let replica_divergence = register_replicas(opts, cluster).await?;
+                let replica_divergence = offset_replicas(opts, cluster, register::GROUP).await?;
                 (
                     not_live,
                     reads_unfinished,
@@ -320,29 +381,41 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     let expected = |min: usize| {
         (min as f64 * share) as usize * opts.nodes / (opts.nodes + cluster_spares(opts))
     };
-    let (log, register) = match opts.workload {
-        Workload::Log => {
-            let log = crate::checker::log::check(
+    let (mut log, mut register, mut group) = (None, None, None);
+    match opts.workload {
+        Workload::Log | Workload::Dedup => {
+            let report = crate::checker::log::check(
                 &ops,
                 &LogCheckOptions {
                     min_ok_sends: expected(opts.min_ok_sends),
                     min_ok_polls: expected(opts.min_ok_polls),
                 },
             );
-            (Some(log), None)
+            log = Some(report);
         }
         Workload::Register => {
-            let register = crate::checker::register::check(
+            register = Some(crate::checker::register::check(
                 &ops,
                 &RegisterCheckOptions {
                     min_ok_writes: expected(opts.min_ok_writes),
                     min_ok_reads: expected(opts.min_ok_reads),
                     max_states: opts.max_states,
                 },
-            );
-            (None, Some(register))
+            ));
         }
-    };
+        Workload::Group => {
+            group = Some(crate::checker::group::check(
+                &ops,
+                &GroupCheckOptions {
+                    min_ok_sends: expected(opts.min_ok_sends),
+                    // Consumers are fewer than the log workload's pollers, half of their
+                    // steps are acks, and a receive long-polls: half the polls' floor.
+                    min_ok_receives: expected(opts.min_ok_polls) / 2,
+                    drained: drain_unfinished.is_empty(),
+                },
+            ));
+        }
+    }
 
     let clock_skew_seen = skew_seen(&ops, &stored, wall_start_ms);
 
@@ -381,6 +454,20 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
             ));
         }
     }
+    if let Some(group) = &group {
+        unknown_reasons.extend(group.unknown_reasons.iter().cloned());
+        if group.valid == Validity::Fail {
+            failures.push(format!(
+                "group checker: {}",
+                group
+                    .error_counts
+                    .iter()
+                    .map(|(k, v)| format!("{k} x{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
     if !replica_divergence.is_empty() {
         failures.push(format!(
             "replicas differ: {}",
@@ -389,7 +476,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     }
     if !not_live.is_empty() {
         let op = match opts.workload {
-            Workload::Log => "send",
+            Workload::Log | Workload::Dedup | Workload::Group => "send",
             Workload::Register => "write",
         };
         failures.push(format!(
@@ -416,7 +503,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         }
         // Only the log workload stores messages, whose timestamps show the skew; register
         // runs cannot tell (docs/jepsen.md).
-        if opts.workload == Workload::Log
+        if opts.workload.is_log()
             && opts.faults.contains(&FaultKind::Clock)
             && clock_skew_seen.messages == 0
         {
@@ -458,6 +545,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         final_membership,
         log,
         register,
+        group,
         plot_error,
         dir: dir.to_path_buf(),
     })
@@ -512,9 +600,10 @@ async fn liveness(
         clients.addrs.len(),
         deadline,
         |node, key| async move {
+            let topic = opts.workload.topic(key);
+            let (process, value) = (ids.process(), ids.value());
             let outcome =
-                workload::recorded_send(clients, history, ids.process(), node, key, ids.value())
-                    .await;
+                workload::recorded_send(clients, history, process, node, &topic, key, value).await;
             Some(outcome)
         },
     )
@@ -524,8 +613,9 @@ async fn liveness(
 /// Keys of the run's workload.
 fn keys(opts: &RunOptions) -> Key {
     match opts.workload {
-        Workload::Log => opts.log.keys,
+        Workload::Log | Workload::Dedup => opts.log.keys,
         Workload::Register => opts.register.keys,
+        Workload::Group => opts.group.keys,
     }
 }
 
@@ -584,26 +674,21 @@ async fn replicas(opts: &RunOptions, cluster: &Cluster) -> Result<(Vec<String>, 
     Ok((diverged, stored))
 }
 
-/// After quiescence every node must hold the same committed offset for each register key,
-/// read through the admin API from its own applied state (not the client API, which may
-/// answer from the leader).
-async fn register_replicas(opts: &RunOptions, cluster: &Cluster) -> Result<Vec<String>> {
+/// After quiescence every node must hold the same offset of `group` for each key (the
+/// register workload's commits, the group workload's acks), read through the admin API
+/// from its own applied state (not the client API, which answers from the leader).
+async fn offset_replicas(opts: &RunOptions, cluster: &Cluster, group: &str) -> Result<Vec<String>> {
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     let mut diverged = Vec::new();
-    for key in 0..opts.register.keys {
-        let topic = register::topic(key);
+    for key in 0..keys(opts) {
+        let topic = opts.workload.topic(key);
         let mut views: BTreeMap<u64, Option<u64>> = BTreeMap::new();
         for id in cluster.ids() {
-            views.insert(
-                id,
-                cluster
-                    .consumer_offset(id, register::GROUP, &topic, 0)
-                    .await?,
-            );
+            views.insert(id, cluster.consumer_offset(id, group, &topic, 0).await?);
         }
         let distinct: std::collections::BTreeSet<Option<u64>> = views.values().copied().collect();
         if distinct.len() > 1 {
-            diverged.push(format!("key {key}: committed offsets by node {:?}", views));
+            diverged.push(format!("key {key}: offsets by node {:?}", views));
         }
     }
     Ok(diverged)
@@ -691,6 +776,25 @@ pub fn summary(r: &Results) -> String {
             st.send_ok, st.send_info, st.send_fail, st.poll_ok
         );
     }
+    if let Some(group) = &r.group {
+        let st = &group.stats;
+        s += &format!(
+            "- operations: {} ok sends, {} unknown, {} failed; {} ok receives ({} got messages), {} unknown; {} ok acks, {} unknown, {} refused; {} group-offset reads\n- deliveries: {} values received, {} redeliveries; {} acknowledged sends never received\n",
+            st.send_ok,
+            st.send_info,
+            st.send_fail,
+            st.receive_ok,
+            st.receive_ok_nonempty,
+            st.receive_info,
+            st.ack_ok,
+            st.ack_info,
+            st.ack_fail,
+            st.offset_reads_ok,
+            st.values_received,
+            st.duplicate_deliveries,
+            st.unreceived
+        );
+    }
     if let Some(register) = &r.register {
         let st = &register.stats;
         s += &format!(
@@ -747,7 +851,8 @@ pub fn summary(r: &Results) -> String {
     if let Some(e) = &r.plot_error {
         s += &format!("- no plots: {e}\n");
     }
-    for (class, examples) in r.log.iter().flat_map(|l| &l.errors) {
+    let log_errors = r.log.iter().flat_map(|l| &l.errors);
+    for (class, examples) in log_errors.chain(r.group.iter().flat_map(|g| &g.errors)) {
         s += &format!("\n## {class}\n\n");
         for e in examples.iter().take(5) {
             s += &format!("- `{e}`\n");

@@ -33,6 +33,9 @@ pub struct LogOptions {
     /// A client gives up on an operation after this long (the outcome is then unknown).
     pub op_timeout: Duration,
     pub poll_batch: u32,
+    /// Producer retries of a send whose outcome was unknown, with the same message id (the
+    /// `dedup` workload); 0 in the `log` workload, where every send is its own value.
+    pub retries: u32,
 }
 
 impl Default for LogOptions {
@@ -44,6 +47,7 @@ impl Default for LogOptions {
             rate: 100.0,
             op_timeout: Duration::from_secs(3),
             poll_batch: 32,
+            retries: 0,
         }
     }
 }
@@ -97,11 +101,12 @@ impl Clients {
         req
     }
 
-    /// Sends `value` to `key` through node `node`; the stored offset, or why not.
-    pub async fn send(&self, node: usize, key: Key, value: Value) -> Result<u64, SendError> {
+    /// Sends `value` to `topic` through node `node`; the stored offset, or why not. The
+    /// message id is derived from the value, so a retry of a value is a producer retry.
+    pub async fn send(&self, node: usize, topic: &str, value: Value) -> Result<u64, SendError> {
         let body = value.to_string().into_bytes();
         let message = pb::Message {
-            topic: Some(resource(&topic(key))),
+            topic: Some(resource(topic)),
             user_properties: Default::default(),
             system_properties: Some(pb::SystemProperties {
                 message_id: format!("J{value:016X}"),
@@ -171,16 +176,7 @@ impl Clients {
             let frame = frame.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
             match frame.content {
                 Some(pb::pull_message_response::Content::Message(m)) => {
-                    let offset = m
-                        .system_properties
-                        .as_ref()
-                        .and_then(|p| p.queue_offset)
-                        .ok_or("a message without a queue offset")?;
-                    let value = std::str::from_utf8(&m.body)
-                        .ok()
-                        .and_then(|s| s.parse::<Value>().ok())
-                        .ok_or_else(|| format!("offset {offset}: body is not a value"))?;
-                    reads.push((offset as u64, value));
+                    reads.push(offset_and_value(&m)?);
                 }
                 Some(pb::pull_message_response::Content::Status(s)) => status = Some(s),
                 _ => {}
@@ -197,6 +193,51 @@ impl Clients {
             None => Err("no status".into()),
         }
     }
+
+    /// The offset of `group` on `topic`'s queue 0 as node `node` answers `GetOffset`:
+    /// `None` when the group has none yet (`OFFSET_NOT_FOUND`).
+    pub async fn consume_offset(
+        &self,
+        node: usize,
+        group: &str,
+        topic: &str,
+    ) -> Result<Option<Value>, String> {
+        let resp = self
+            .client(node)
+            .get_offset(self.request(pb::GetOffsetRequest {
+                group: Some(resource(group)),
+                message_queue: Some(pb::MessageQueue {
+                    topic: Some(resource(topic)),
+                    id: 0,
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        match resp.status {
+            Some(s) if s.code == pb::Code::Ok as i32 => Value::try_from(resp.offset)
+                .map(Some)
+                .map_err(|_| format!("negative offset {}", resp.offset)),
+            Some(s) if s.code == pb::Code::OffsetNotFound as i32 => Ok(None),
+            Some(s) => Err(format!("{}: {}", code_name(s.code), s.message)),
+            None => Err("no status".into()),
+        }
+    }
+}
+
+/// A delivered message's queue offset and the value its body carries.
+pub(crate) fn offset_and_value(m: &pb::Message) -> Result<(u64, Value), String> {
+    let offset = m
+        .system_properties
+        .as_ref()
+        .and_then(|p| p.queue_offset)
+        .ok_or("a message without a queue offset")?;
+    let value = std::str::from_utf8(&m.body)
+        .ok()
+        .and_then(|s| s.parse::<Value>().ok())
+        .ok_or_else(|| format!("offset {offset}: body is not a value"))?;
+    Ok((offset as u64, value))
 }
 
 /// Why a send has no offset.
@@ -315,10 +356,8 @@ pub async fn run(
                     _ = stop.changed() => break,
                 }
                 if sender {
-                    if !worker.send(process).await {
-                        // An unknown outcome ends the process (Jepsen semantics).
-                        process = worker.ids.process();
-                    }
+                    // An unknown outcome ends the process (Jepsen semantics).
+                    process = worker.send(process).await;
                 } else if worker.rng.random_ratio(1, 16) {
                     worker.assign(process);
                 } else {
@@ -347,14 +386,34 @@ impl Worker {
         self.rng.random_range(0..self.clients.addrs.len())
     }
 
-    /// Returns false when the outcome is unknown (the process must end).
-    async fn send(&mut self, process: u64) -> bool {
+    /// Sends a new value; with `retries`, a send whose outcome is unknown is sent again
+    /// (same value, same message id) through another node by a fresh process, as a
+    /// producer retries. Returns the process to continue with: an unknown outcome ends one.
+    async fn send(&mut self, mut process: u64) -> u64 {
         let key = self.rng.random_range(0..self.opts.keys);
         let value = self.ids.value();
-        let node = self.node();
-        let outcome = recorded_send(&self.clients, &self.history, process, node, key, value).await;
-        // An unknown outcome ends the process; a definite failure does not.
-        outcome != OpType::Info
+        let topic = topic(key);
+        for attempt in 0..=self.opts.retries {
+            let node = self.node();
+            let outcome = recorded_send(
+                &self.clients,
+                &self.history,
+                process,
+                node,
+                &topic,
+                key,
+                value,
+            )
+            .await;
+            if outcome != OpType::Info {
+                break;
+            }
+            process = self.ids.process();
+            if attempt < self.opts.retries {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        process
     }
 
     /// Picks a new set of keys; a key newly assigned is read from offset 0 again.
@@ -408,19 +467,20 @@ impl Worker {
     }
 }
 
-/// Sends `value` to `key` through node `node` as one history op of `process`; returns the
-/// op's outcome (ok, fail or info).
+/// Sends `value` to `key` (whose topic is `topic`) through node `node` as one history op of
+/// `process`; returns the op's outcome (ok, fail or info).
 pub async fn recorded_send(
     clients: &Clients,
     history: &HistoryWriter,
     process: u64,
     node: usize,
+    topic: &str,
     key: Key,
     value: Value,
 ) -> OpType {
     let sent = |offset| vec![Mop::Send { key, value, offset }];
     let inv = history.invoke(process, F::Send, sent(None), Vec::new());
-    let result = clients.send(node, key, value).await;
+    let result = clients.send(node, topic, value).await;
     let addr = Some(clients.addrs[node].clone());
     match result {
         Ok(offset) => {

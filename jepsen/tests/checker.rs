@@ -856,3 +856,36 @@ fn writer_keeps_ops_in_memory_and_reports_a_failed_write_at_flush() {
         "a lost history line must not go unnoticed"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Producer retries (the dedup workload): one value sent by several processes
+
+#[test]
+fn a_retry_answered_with_the_first_copys_offset_passes() {
+    let mut h = H::default();
+    // Process 0's send of 10 times out (stored at 0); 11 is acked at 1; the retry of 10 by
+    // process 1 is answered with the first copy's offset 0.
+    h.send_not_ok(0, OpType::Info, 0, 10);
+    h.send_ok(2, 0, 11, 1);
+    h.send_ok(1, 0, 10, 0);
+    h.drain_ok(3, 0, &[(0, 10), (1, 11)]);
+    assert_passes(&h.check());
+}
+
+#[test]
+fn a_retry_after_a_failed_try_is_not_an_aborted_read() {
+    let mut h = H::default();
+    h.send_not_ok(0, OpType::Fail, 0, 10);
+    h.send_ok(1, 0, 10, 0);
+    h.drain_ok(3, 0, &[(0, 10)]);
+    assert_passes(&h.check());
+}
+
+#[test]
+fn a_retry_that_stores_a_second_copy_is_a_duplicate() {
+    let mut h = H::default();
+    h.send_not_ok(0, OpType::Info, 0, 10);
+    h.send_ok(1, 0, 10, 1);
+    h.drain_ok(3, 0, &[(0, 10), (1, 10)]);
+    assert_fails_with(&h.check(), &["duplicate"]);
+}

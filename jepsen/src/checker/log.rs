@@ -207,7 +207,7 @@ fn collect(history: &[Op]) -> (Vec<Entry<'_>>, HashSet<(Key, Value)>) {
     for (invoke, completion) in pair_refs(history) {
         // Register ops belong to the other workload and its checker: a history that mixes
         // them is judged here on its log ops alone.
-        if matches!(invoke.f, F::Write | F::Read) {
+        if !matches!(invoke.f, F::Send | F::Poll | F::Drain | F::Assign) {
             continue;
         }
         let mut sends = Vec::new();
@@ -236,8 +236,8 @@ fn collect(history: &[Op]) -> (Vec<Entry<'_>>, HashSet<(Key, Value)>) {
                     }
                 }
             }
-            // Register ops were skipped above.
-            F::Assign | F::Write | F::Read => {}
+            // Other workloads' ops were skipped above.
+            F::Assign | F::Write | F::Read | F::Receive | F::Ack | F::Offset => {}
         }
         entries.push(Entry {
             f: invoke.f,
@@ -256,6 +256,15 @@ fn collect(history: &[Op]) -> (Vec<Entry<'_>>, HashSet<(Key, Value)>) {
 
 fn has_sends(mops: &[Mop]) -> bool {
     mops.iter().any(|m| matches!(m, Mop::Send { .. }))
+}
+
+/// How sure an outcome is that the op took effect.
+fn certainty(kind: OpType) -> u8 {
+    match kind {
+        OpType::Ok => 2,
+        OpType::Info | OpType::Invoke => 1,
+        OpType::Fail => 0,
+    }
 }
 
 fn is_read(f: F) -> bool {
@@ -280,9 +289,10 @@ pub(crate) fn malformed(history: &[Op]) -> Vec<String> {
     for op in history {
         let mops_fit = op.value.iter().all(|mop| match mop {
             Mop::Send { .. } => op.f == F::Send,
-            Mop::Poll { .. } => is_read(op.f),
+            Mop::Poll { .. } => is_read(op.f) || op.f == F::Receive,
             Mop::Write { .. } => op.f == F::Write,
-            Mop::Read { .. } => op.f == F::Read,
+            Mop::Read { .. } => matches!(op.f, F::Read | F::Offset),
+            Mop::Ack { .. } => op.f == F::Ack,
         });
         if !mops_fit {
             note("ops whose value holds mops of another f", op.index);
@@ -346,7 +356,13 @@ impl Indexes {
         let mut ok_reader = HashMap::new();
         for (at, e) in entries.iter().enumerate() {
             for &(key, value, _) in &e.sends {
-                writer.entry((key, value)).or_insert(at);
+                // A value sent more than once (a producer's retry, the dedup workload) is
+                // written by its most certain attempt: ok over info over fail, so that a
+                // failed first try does not make a read of the retried value look aborted.
+                let w = writer.entry((key, value)).or_insert(at);
+                if certainty(e.kind) > certainty(entries[*w].kind) {
+                    *w = at;
+                }
             }
             if is_read(e.f) && e.kind == OpType::Ok {
                 for &(key, _, value) in &e.reads {
@@ -506,15 +522,16 @@ impl Context<'_> {
     }
 }
 
+/// Anomalies found, by class: a count and the first few examples.
 #[derive(Default)]
-struct Findings {
-    examples: BTreeMap<&'static str, Vec<Json>>,
-    counts: BTreeMap<&'static str, usize>,
+pub(crate) struct Findings {
+    pub(crate) examples: BTreeMap<&'static str, Vec<Json>>,
+    pub(crate) counts: BTreeMap<&'static str, usize>,
 }
 
 impl Findings {
     /// Counts one instance; builds its example only while the class has room for one.
-    fn add(&mut self, class: &'static str, example: impl FnOnce() -> Json) {
+    pub(crate) fn add(&mut self, class: &'static str, example: impl FnOnce() -> Json) {
         *self.counts.entry(class).or_default() += 1;
         let examples = self.examples.entry(class).or_default();
         if examples.len() < EXAMPLES_PER_CLASS_MAX {
@@ -892,6 +909,15 @@ fn realtime_send_order(cx: &Context, found: &mut Findings) {
         complete_index: u64,
         id: u64,
     }
+    // A retried value was on its way since its first attempt: the copy an ack names may be
+    // that attempt's.
+    let mut first_invoke: HashMap<(Key, Value), u64> = HashMap::new();
+    for e in cx.entries.iter().filter(|e| e.f == F::Send) {
+        for &(key, value, _) in &e.sends {
+            let first = first_invoke.entry((key, value)).or_insert(e.invoke_index);
+            *first = (*first).min(e.invoke_index);
+        }
+    }
     let mut by_key: BTreeMap<Key, Vec<Acked>> = BTreeMap::new();
     for e in cx
         .entries
@@ -906,7 +932,10 @@ fn realtime_send_order(cx: &Context, found: &mut Findings) {
                 by_key.entry(key).or_default().push(Acked {
                     value,
                     offset,
-                    invoke_index: e.invoke_index,
+                    invoke_index: first_invoke
+                        .get(&(key, value))
+                        .copied()
+                        .unwrap_or(e.invoke_index),
                     complete_index,
                     id: e.id,
                 });
@@ -984,7 +1013,7 @@ fn stats(cx: &Context) -> LogStats {
             (F::Assign, OpType::Ok) => s.assign_ok += 1,
             (F::Assign, _) => {}
             // Never collected (see `collect`).
-            (F::Write | F::Read, _) => {}
+            (F::Write | F::Read | F::Receive | F::Ack | F::Offset, _) => {}
         }
     }
     s

@@ -3,10 +3,13 @@
 //! - [`log`]: the `log` workload (sends and polls on keyed queues), a port of the analyses
 //!   of Jepsen's Kafka workload plus checks that follow from dense queue offsets;
 //! - [`register`]: the `register` workload (writes and reads of one register per key), a
-//!   linearizability search per key.
+//!   linearizability search per key;
+//! - [`group`]: the `group` workload (pop consumers of one group), total-queue and the
+//!   group offset's order. The `dedup` workload is checked by [`log`].
 
 use serde::{Deserialize, Serialize};
 
+pub mod group;
 pub mod log;
 pub mod register;
 
