@@ -21,14 +21,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use rand::{Rng, SeedableRng};
 use rocketraft_proto::rocketmq::v2 as pb;
 use tokio::sync::watch;
 
 use crate::history::{F, HistoryWriter, Key, Mop, OpType, Value};
-use crate::workload::{self, Clients, Ids, SendError, resource};
+use crate::workload::{self, Clients, Ids, SendError, Step, paced, resource, worker_rng};
 
 /// The consumer group of every consumer of the run.
 pub const GROUP: &str = "jepsen-group";
@@ -124,16 +124,7 @@ impl Clients {
                 _ => {}
             }
         }
-        match status {
-            Some(s)
-                if s.code == pb::Code::Ok as i32 || s.code == pb::Code::MessageNotFound as i32 =>
-            {
-                Ok(got)
-            }
-            other if got.is_empty() => Err(SendError::refused(other.as_ref())),
-            // Messages then an error: they were popped for us all the same.
-            _ => Ok(got),
-        }
+        workload::stream_end(status, got).map_err(|s| SendError::refused(s.as_ref()))
     }
 
     /// Acks `msgs` of `key` through node `node`: for each message whether the broker
@@ -305,65 +296,28 @@ pub async fn run(
     seed: u64,
     stop: watch::Receiver<bool>,
 ) {
-    let workers = opts.senders + opts.consumers + 1;
-    let interval = Duration::from_secs_f64(workers as f64 / opts.rate.max(0.1));
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (opts, clients, history, ids) =
-            (opts.clone(), clients.clone(), history.clone(), ids.clone());
-        let mut stop = stop.clone();
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64 * 7919));
-        tasks.push(tokio::spawn(async move {
-            let role = if w < opts.senders {
-                Role::Sender
-            } else if w < opts.senders + opts.consumers {
-                Role::Consumer
-            } else {
-                Role::OffsetReader
-            };
-            let mut consumer = Consumer::new(&ids, &opts, &mut rng);
-            // Senders and the reader: their own process, renewed after an unknown outcome.
-            let mut process = ids.process();
-            while !*stop.borrow() {
-                let jitter = rng.random_range(0.5..1.5);
-                tokio::select! {
-                    _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
-                    _ = stop.changed() => break,
-                }
-                let node = rng.random_range(0..clients.addrs.len());
-                match role {
-                    Role::Sender => {
-                        let key = rng.random_range(0..opts.keys.max(1));
-                        let outcome = workload::recorded_send(
-                            &clients,
-                            &history,
-                            process,
-                            node,
-                            &topic(key),
-                            key,
-                            ids.value(),
-                        )
-                        .await;
-                        if outcome == OpType::Info {
-                            process = ids.process();
-                        }
-                    }
-                    Role::Consumer => {
-                        consumer
-                            .step(&clients, &history, &ids, &opts, &mut rng, node)
-                            .await
-                    }
-                    Role::OffsetReader => {
-                        let key = rng.random_range(0..opts.keys.max(1));
-                        let _ = recorded_offset(&clients, &history, process, node, key).await;
-                    }
-                }
+    let workers = (0..opts.senders + opts.consumers + 1)
+        .map(|w| {
+            let mut rng = worker_rng(seed, w);
+            Worker {
+                role: if w < opts.senders {
+                    Role::Sender
+                } else if w < opts.senders + opts.consumers {
+                    Role::Consumer
+                } else {
+                    Role::OffsetReader
+                },
+                consumer: Consumer::new(ids, opts, &mut rng),
+                process: ids.process(),
+                rng,
+                opts: opts.clone(),
+                clients: clients.clone(),
+                history: history.clone(),
+                ids: ids.clone(),
             }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+        })
+        .collect();
+    paced(workers, opts.rate, stop).await;
 }
 
 #[derive(Clone, Copy)]
@@ -371,6 +325,59 @@ enum Role {
     Sender,
     Consumer,
     OffsetReader,
+}
+
+struct Worker {
+    role: Role,
+    /// The consumer's state (consumers only).
+    consumer: Consumer,
+    /// The process of a sender or the reader, renewed after an unknown outcome.
+    process: u64,
+    rng: StdRng,
+    opts: GroupOptions,
+    clients: Clients,
+    history: Arc<HistoryWriter>,
+    ids: Arc<Ids>,
+}
+
+impl Step for Worker {
+    fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    async fn step(&mut self) {
+        let node = self.rng.random_range(0..self.clients.addrs.len());
+        let (clients, history, ids) = (&self.clients, &self.history, &self.ids);
+        match self.role {
+            Role::Sender => {
+                let key = self.rng.random_range(0..self.opts.keys.max(1));
+                let (process, value) = (self.process, ids.value());
+                let outcome = workload::recorded_send(
+                    clients,
+                    history,
+                    process,
+                    node,
+                    &topic(key),
+                    key,
+                    value,
+                )
+                .await;
+                if outcome == OpType::Info {
+                    self.process = ids.process();
+                }
+            }
+            Role::Consumer => {
+                let (opts, rng) = (&self.opts, &mut self.rng);
+                self.consumer
+                    .step(clients, history, ids, opts, rng, node)
+                    .await
+            }
+            Role::OffsetReader => {
+                let key = self.rng.random_range(0..self.opts.keys.max(1));
+                let _ = recorded_offset(clients, history, self.process, node, key).await;
+            }
+        }
+    }
 }
 
 /// One consumer of the group: its subscription, and what it received and has not acked.

@@ -16,13 +16,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rocketraft_proto::rocketmq::v2 as pb;
 use tokio::sync::watch;
 
 use crate::history::{F, HistoryWriter, Key, Mop, OpType, Value};
-use crate::workload::{Clients, Ids, SendError, resource};
+use crate::workload::{Clients, Ids, SendError, Step, paced, resource, worker_rng};
 
 /// The consumer group whose committed offsets are the registers.
 pub const GROUP: &str = "jepsen-register";
@@ -192,45 +192,54 @@ pub async fn run(
     seed: u64,
     stop: watch::Receiver<bool>,
 ) {
-    let workers = (opts.writers + opts.readers).max(1);
-    // Each worker paces itself so that all together make about `rate` ops/s.
-    let interval = Duration::from_secs_f64(workers as f64 / opts.rate.max(0.1));
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (opts, clients, history, ids) =
-            (opts.clone(), clients.clone(), history.clone(), ids.clone());
-        let mut stop = stop.clone();
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64 * 7919));
-        tasks.push(tokio::spawn(async move {
-            let writer = w < opts.writers;
-            let mut process = Process::new(&ids);
-            while !*stop.borrow() {
-                let jitter = rng.random_range(0.5..1.5);
-                tokio::select! {
-                    _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
-                    _ = stop.changed() => break,
-                }
-                let key = rng.random_range(0..opts.keys.max(1));
-                let node = rng.random_range(0..clients.addrs.len());
-                if writer {
-                    let Some(value) = process.value() else {
-                        process = Process::new(&ids);
-                        continue;
-                    };
-                    let outcome =
-                        recorded_write(&clients, &history, process.id, node, key, value).await;
-                    // An unknown outcome ends the process (Jepsen semantics).
-                    if outcome == OpType::Info {
-                        process = Process::new(&ids);
-                    }
-                } else {
-                    recorded_read(&clients, &history, process.id, node, key).await;
-                }
-            }
-        }));
+    let count = (opts.writers + opts.readers).max(1);
+    let workers = (0..count)
+        .map(|w| Worker {
+            opts: opts.clone(),
+            clients: clients.clone(),
+            history: history.clone(),
+            ids: ids.clone(),
+            rng: worker_rng(seed, w),
+            writer: w < opts.writers,
+            process: Process::new(ids),
+        })
+        .collect();
+    paced(workers, opts.rate, stop).await;
+}
+
+/// A writer or a reader of the registers.
+struct Worker {
+    opts: RegisterOptions,
+    clients: Clients,
+    history: Arc<HistoryWriter>,
+    ids: Arc<Ids>,
+    rng: StdRng,
+    writer: bool,
+    process: Process,
+}
+
+impl Step for Worker {
+    fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
     }
-    for t in tasks {
-        let _ = t.await;
+
+    async fn step(&mut self) {
+        let key = self.rng.random_range(0..self.opts.keys.max(1));
+        let node = self.rng.random_range(0..self.clients.addrs.len());
+        let (clients, history) = (&self.clients, &self.history);
+        if !self.writer {
+            recorded_read(clients, history, self.process.id, node, key).await;
+            return;
+        }
+        let Some(value) = self.process.value() else {
+            self.process = Process::new(&self.ids);
+            return;
+        };
+        let outcome = recorded_write(clients, history, self.process.id, node, key, value).await;
+        // An unknown outcome ends the process (Jepsen semantics).
+        if outcome == OpType::Info {
+            self.process = Process::new(&self.ids);
+        }
     }
 }
 

@@ -182,16 +182,10 @@ impl Clients {
                 _ => {}
             }
         }
-        match status {
-            Some(s)
-                if s.code == pb::Code::Ok as i32 || s.code == pb::Code::MessageNotFound as i32 =>
-            {
-                Ok(reads)
-            }
-            Some(s) => Err(format!("{}: {}", code_name(s.code), s.message)),
-            None if !reads.is_empty() => Ok(reads),
-            None => Err("no status".into()),
-        }
+        stream_end(status, reads).map_err(|s| match s {
+            Some(s) => format!("{}: {}", code_name(s.code), s.message),
+            None => "no status".into(),
+        })
     }
 
     /// The offset of `group` on `topic`'s queue 0 as node `node` answers `GetOffset`:
@@ -223,6 +217,23 @@ impl Clients {
             Some(s) => Err(format!("{}: {}", code_name(s.code), s.message)),
             None => Err("no status".into()),
         }
+    }
+}
+
+/// What a consumer's server stream (pull, receive) delivered, given its final status: OK
+/// and MESSAGE_NOT_FOUND both mean "this is what there was"; otherwise, messages that did
+/// arrive were still delivered (and, for a receive, popped for this consumer); with none,
+/// the status (if any) says why.
+pub(crate) fn stream_end<T>(
+    status: Option<pb::Status>,
+    items: Vec<T>,
+) -> Result<Vec<T>, Option<pb::Status>> {
+    match status {
+        Some(s) if s.code == pb::Code::Ok as i32 || s.code == pb::Code::MessageNotFound as i32 => {
+            Ok(items)
+        }
+        _ if !items.is_empty() => Ok(items),
+        other => Err(other),
     }
 }
 
@@ -317,6 +328,44 @@ impl Default for Ids {
     }
 }
 
+/// One client task of a workload: what it does at each paced step.
+pub(crate) trait Step: Send + 'static {
+    /// Its own seeded random source (the pace's jitter comes from it too).
+    fn rng(&mut self) -> &mut StdRng;
+    fn step(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Each worker's random source: seeded from the run's seed and the worker's number, so a
+/// run's client behaviour is reproducible.
+pub(crate) fn worker_rng(seed: u64, worker: usize) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_add(worker as u64 * 7919))
+}
+
+/// Runs `workers` until `stop` turns true. Each sleeps a jittered share of the pace before
+/// every step, so that all together make about `rate` ops/s.
+pub(crate) async fn paced<W: Step>(workers: Vec<W>, rate: f64, stop: watch::Receiver<bool>) {
+    let interval = Duration::from_secs_f64(workers.len().max(1) as f64 / rate.max(0.1));
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|mut worker| {
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                while !*stop.borrow() {
+                    let jitter = worker.rng().random_range(0.5..1.5);
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+                        _ = stop.changed() => break,
+                    }
+                    worker.step().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 /// Runs senders and pollers until `stop` turns true. Every operation goes to the history.
 pub async fn run(
     opts: &LogOptions,
@@ -326,49 +375,26 @@ pub async fn run(
     seed: u64,
     stop: watch::Receiver<bool>,
 ) {
-    let workers = (opts.senders + opts.pollers).max(1);
-    // Each worker paces itself so that all together make about `rate` ops/s.
-    let interval = Duration::from_secs_f64(workers as f64 / opts.rate.max(0.1));
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (opts, clients, history, ids) =
-            (opts.clone(), clients.clone(), history.clone(), ids.clone());
-        let mut stop = stop.clone();
-        let rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64 * 7919));
-        tasks.push(tokio::spawn(async move {
+    let count = (opts.senders + opts.pollers).max(1);
+    let workers = (0..count)
+        .map(|w| {
             let mut worker = Worker {
-                opts,
-                clients,
-                history,
-                ids,
-                rng,
+                opts: opts.clone(),
+                clients: clients.clone(),
+                history: history.clone(),
+                ids: ids.clone(),
+                rng: worker_rng(seed, w),
                 positions: BTreeMap::new(),
+                sender: w < opts.senders,
+                process: ids.process(),
             };
-            let sender = w < worker.opts.senders;
-            let mut process = worker.ids.process();
-            if !sender {
-                worker.assign(process);
+            if !worker.sender {
+                worker.assign(worker.process);
             }
-            while !*stop.borrow() {
-                let jitter = worker.rng.random_range(0.5..1.5);
-                tokio::select! {
-                    _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
-                    _ = stop.changed() => break,
-                }
-                if sender {
-                    // An unknown outcome ends the process (Jepsen semantics).
-                    process = worker.send(process).await;
-                } else if worker.rng.random_ratio(1, 16) {
-                    worker.assign(process);
-                } else {
-                    worker.poll(process).await;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+            worker
+        })
+        .collect();
+    paced(workers, opts.rate, stop).await;
 }
 
 struct Worker {
@@ -379,6 +405,25 @@ struct Worker {
     rng: StdRng,
     /// A poller's assigned keys and the offset it reads each from next.
     positions: BTreeMap<Key, u64>,
+    sender: bool,
+    process: u64,
+}
+
+impl Step for Worker {
+    fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    async fn step(&mut self) {
+        if self.sender {
+            // An unknown outcome ends the process (Jepsen semantics).
+            self.process = self.send(self.process).await;
+        } else if self.rng.random_ratio(1, 16) {
+            self.assign(self.process);
+        } else {
+            self.poll(self.process).await;
+        }
+    }
 }
 
 impl Worker {
