@@ -67,6 +67,11 @@ enum Cmd {
         /// First seed; run i uses seed + i.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Only the entries whose run name (e.g. `kill`, `group-kill+pause+partition`) is
+        /// one of these, comma-separated: a long suite can be run a part at a time. Seeds
+        /// stay those of the whole suite.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Checks a saved history.jsonl again and prints the checker's report: the register
     /// checker if the history has register ops, else the log checker.
@@ -183,16 +188,21 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             common,
             which,
             seed,
+            only,
         } => {
             let plan = suite(&which)?;
             let default_time = if which == "long" { 120 } else { 60 };
             let mut verdicts = Vec::new();
             for (i, (nemesis, nodes, repeat, workload)) in plan.into_iter().enumerate() {
+                let faults = parse_faults(nemesis)?;
+                let name = run_name(workload, nemesis, faults.is_empty());
+                if !only.is_empty() && !only.contains(&name) {
+                    continue;
+                }
                 for r in 0..repeat {
                     let seed = seed + (i as u64) * 100 + r as u64;
                     let nodes = nodes.unwrap_or(common.nodes);
-                    let faults = parse_faults(nemesis)?;
-                    let name = run_name(workload, nemesis, faults.is_empty());
+                    let faults = faults.clone();
                     let opts = RunOptions {
                         faults,
                         ..options(&common, workload, &name, nemesis, seed, nodes, default_time)?
@@ -200,6 +210,10 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
                     verdicts.push(report(run(&opts).await)?);
                 }
             }
+            anyhow::ensure!(
+                !verdicts.is_empty(),
+                "no entry of suite {which} is named {only:?}"
+            );
             println!(
                 "suite {which}: {} runs, {} passed",
                 verdicts.len(),

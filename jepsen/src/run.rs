@@ -290,54 +290,42 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     {
         not_healed = Some(format!("{e:#}"));
     }
-    let (not_live, drain_unfinished, replica_divergence, stored) = if not_healed.is_none() {
+    // After the quiet time: liveness, then every member must catch up with the leader's
+    // commit index. A node that cannot (it crashed, or its state is broken) fails the run;
+    // the history is still checked for what happened before.
+    let mut not_live = Vec::new();
+    if not_healed.is_none() {
         tokio::time::sleep(opts.quiet).await;
-        match opts.workload {
-            Workload::Log | Workload::Dedup => {
-                let not_live = liveness(opts, &clients, &history, &ids).await;
-                cluster.wait_caught_up(Duration::from_secs(60)).await?;
-                let drain_unfinished = workload::drain(
-                    &opts.log,
-                    &clients,
-                    &history,
-                    &ids,
-                    Instant::now() + Duration::from_secs(60),
-                )
-                .await;
-                history.flush()?;
-                let (replica_divergence, stored) = replicas(opts, cluster).await?;
-                (not_live, drain_unfinished, replica_divergence, stored)
+        not_live = match opts.workload {
+            Workload::Register => {
+                let within = Duration::from_secs(30);
+                register::liveness(&opts.register, &clients, &history, &ids, within).await
             }
-            Workload::Group => {
-                let not_live = liveness(opts, &clients, &history, &ids).await;
-                cluster.wait_caught_up(Duration::from_secs(60)).await?;
-                let drain_unfinished = group::drain(
-                    &opts.group,
-                    &clients,
-                    &history,
-                    &ids,
-                    Instant::now() + Duration::from_secs(60),
-                )
-                .await;
+            _ => liveness(opts, &clients, &history, &ids).await,
+        };
+        if let Err(e) = cluster.wait_caught_up(Duration::from_secs(60)).await {
+            not_healed = Some(format!("{e:#}"));
+        }
+    }
+    let (drain_unfinished, replica_divergence, stored) = if not_healed.is_none() {
+        match opts.workload {
+            Workload::Log | Workload::Dedup | Workload::Group => {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let drain_unfinished = if opts.workload == Workload::Group {
+                    group::drain(&opts.group, &clients, &history, &ids, deadline).await
+                } else {
+                    workload::drain(&opts.log, &clients, &history, &ids, deadline).await
+                };
                 history.flush()?;
-                let replica_divergence = offset_replicas(opts, cluster, group::GROUP).await?;
-                (
-                    not_live,
-                    drain_unfinished,
-                    replica_divergence,
-                    StoreTimes::new(),
-                )
+                let (replica_divergence, stored) = if opts.workload == Workload::Group {
+                    let diverged = offset_replicas(opts, cluster, group::GROUP).await?;
+                    (diverged, StoreTimes::new())
+                } else {
+                    replicas(opts, cluster).await?
+                };
+                (drain_unfinished, replica_divergence, stored)
             }
             Workload::Register => {
-                let not_live = register::liveness(
-                    &opts.register,
-                    &clients,
-                    &history,
-                    &ids,
-                    Duration::from_secs(30),
-                )
-                .await;
-                cluster.wait_caught_up(Duration::from_secs(60)).await?;
                 let members = cluster
                     .ids()
                     .into_iter()
@@ -354,18 +342,17 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
                 .await;
                 history.flush()?;
                 let replica_divergence = offset_replicas(opts, cluster, register::GROUP).await?;
-                (
-                    not_live,
-                    reads_unfinished,
-                    replica_divergence,
-                    StoreTimes::new(),
-                )
+                (reads_unfinished, replica_divergence, StoreTimes::new())
             }
         }
     } else {
         history.flush()?;
         let all: Vec<Key> = (0..keys(opts)).collect();
-        (all.clone(), all, Vec::new(), StoreTimes::new())
+        // Without a leader nothing was tried: no key is live.
+        if not_live.is_empty() && cluster.leader().await.is_none() {
+            not_live = all.clone();
+        }
+        (all, Vec::new(), StoreTimes::new())
     };
     let leader_changes = monitor.await.unwrap_or(0);
 
@@ -423,7 +410,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     if let Some(why) = &not_healed {
         let exited = cluster.exited();
         failures.push(format!(
-            "no leader after healing ({why}){}",
+            "the group did not recover after healing ({why}){}",
             if exited.is_empty() {
                 String::new()
             } else {
