@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, openraft's storage suite and the
-# cluster tests (real broker processes on loopback); in CI also the short side-by-side
+# The whole test suite: formatting, lints, unit tests, openraft's storage suite, the
+# cluster tests (real broker processes on loopback), the jepsen smoke suite and its check
+# against deliberately broken builds; in CI also the short side-by-side
 # benchmark against NATS JetStream and RabbitMQ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace
 cargo test -p rocketraft-client --features peers --bin rocketraft-bench
+# The jepsen harness must catch deliberately broken builds (docs/jepsen.md, "Broken builds").
+./scripts/jepsen-broken.sh
 
 # CI: rocketraft, NATS JetStream and RabbitMQ side by side, one cell each (ratios printed,
 # no threshold; docs/benchmarks.md). It installs the peers and builds release binaries.

@@ -10,6 +10,7 @@
 //! - [`ops`]: the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) brokers and nameservers
 //!   share, and gRPC call timing; [`metrics`]: what a broker node exposes there.
 //! - [`service`]: `apache.rocketmq.v2.MessagingService` for the official RocketMQ clients.
+//! - `fault` (feature `fault-injection` only): the test-only broken build jepsen must catch.
 //!
 //! Storage, replication and the state machine live in `rocketraft-raft-store`.
 
@@ -17,6 +18,8 @@ pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod disk;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -195,6 +195,10 @@ impl BrokerNode {
                 Err(e) => return Err(e).context("initializing the group"),
             }
         }
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = rocketraft_raft_store::fault::active() {
+            tracing::warn!(?fault, "FAULT INJECTION: this node is broken on purpose");
+        }
         tracing::info!(node_id = config.node_id, group = %config.group, addr = %local_addr, "broker node serving");
         Ok(Self {
             raft,

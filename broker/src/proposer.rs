@@ -210,6 +210,14 @@ impl Proposer {
         }
     }
 
+    /// Whether this node believes it leads (its view may be stale; only a proposal or a
+    /// read barrier proves it).
+    pub fn believes_it_leads(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(m.id)
+    }
+
     /// Waits until a read of this node's state is linearizable: this node leads, a
     /// majority acknowledged that in a heartbeat round after the call, and every entry
     /// committed before the call is applied here. Otherwise it names the leader to forward
@@ -217,6 +225,10 @@ impl Proposer {
     /// from state the rest of the group has moved past: jepsen's register workload caught
     /// exactly that with GetOffset.
     pub async fn read_barrier(&self) -> Result<ReadFrom, tonic::Status> {
+        #[cfg(feature = "fault-injection")]
+        if rocketraft_raft_store::fault::is(rocketraft_raft_store::fault::Fault::StaleReads) {
+            return Ok(ReadFrom::Here);
+        }
         let deadline = Instant::now() + self.leader_wait;
         loop {
             match self.raft.ensure_linearizable().await {

@@ -21,6 +21,8 @@
 // errors pass through unchanged instead of being boxed and unboxed at every boundary.
 #![allow(clippy::result_large_err)]
 
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod filter;
 pub mod limits;
 pub mod log_store;

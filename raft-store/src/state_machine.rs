@@ -572,6 +572,10 @@ impl StateMachineStore {
         let inner = &self.inner;
         let window = self.topic_as_of(p, topic).map_or(0, |t| t.dedup_window_ms);
         let mut q = self.queue_as_of(p, topic, queue_id);
+        #[cfg(feature = "fault-injection")]
+        if std::mem::take(&mut p.reuse_offset) && q.offset_next > q.offset_min {
+            q.offset_next -= 1;
+        }
         let first_offset = q.offset_next;
         let mut offsets = Vec::new();
         let mut recent = inner.recent_ids.lock().expect("lock poisoned");
@@ -948,6 +952,9 @@ struct Pending {
     messages_in_entry: u32,
     /// The latest store time of the messages these entries stored.
     max_store_ms: Option<i64>,
+    /// A test-only broken build's next append reuses an offset ([`crate::fault`]).
+    #[cfg(feature = "fault-injection")]
+    reuse_offset: bool,
 }
 
 /// What [`StateMachineStore::append`] did: (first new offset, messages stored, the
@@ -1259,6 +1266,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     // the WriteBatch is not readable: write it first.
                     if cmd.reads_state() && p.is_dirty() {
                         self.commit(&mut p)?;
+                    }
+                    #[cfg(feature = "fault-injection")]
+                    if matches!(cmd, Command::Append { .. }) {
+                        p.reuse_offset =
+                            crate::fault::first_append_of_new_term(entry.log_id.leader_id.term);
                     }
                     let result = self.apply_command(cmd, entry.log_id.index, &mut p)?;
                     self.inner.counters.count(&result);

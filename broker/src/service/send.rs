@@ -14,7 +14,7 @@ use rocketraft_raft_store::{Command, CommandResult, MessageKind, NewMessage, lim
 
 use super::message::millis;
 use super::status::{ClientInfo, ok};
-use super::{Outcome, Refusal, ServiceContext, propose};
+use super::{Outcome, Refusal, ServiceContext};
 
 /// RocketMQ's limit on a FIFO message group's length.
 const MESSAGE_GROUP_LEN_MAX: usize = 64;
@@ -330,7 +330,11 @@ pub async fn send_message(
                 }
             }
         };
-        let offsets = match propose(ctx, cmd).await? {
+        #[cfg(feature = "fault-injection")]
+        let proposed = crate::fault::propose_send(ctx, cmd).await?;
+        #[cfg(not(feature = "fault-injection"))]
+        let proposed = super::propose(ctx, cmd).await?;
+        let offsets = match proposed {
             Outcome::Forward(addr) if n == 0 => return Ok(Outcome::Forward(addr)),
             Outcome::Forward(_) => {
                 return Err(tonic::Status::unavailable(
