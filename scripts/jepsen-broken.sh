@@ -26,12 +26,15 @@ mkdir -p "$out"
 bin="$CARGO_TARGET_DIR/debug"
 lock=(flock /tmp/rocketraft-build.lock)
 
-# The broken broker gets its own name; the sound one is rebuilt right after, so that
-# nothing else ever runs the broken build by accident.
-"${lock[@]}" cargo build -p rocketraft-broker --features fault-injection --bin rocketraft-broker
-cp "$bin/rocketraft-broker" "$bin/rocketraft-broker-broken"
-"${lock[@]}" cargo build -p rocketraft-broker --bin rocketraft-broker
-"${lock[@]}" cargo build -p rocketraft-jepsen
+# The broken broker gets its own name; the sound one is rebuilt right after, under the
+# same lock, so that no other build or test ever picks up the broken one.
+"${lock[@]}" bash -c '
+  set -euo pipefail
+  cargo build -p rocketraft-broker --features fault-injection --bin rocketraft-broker
+  cp "$1/rocketraft-broker" "$1/rocketraft-broker-broken"
+  cargo build -p rocketraft-broker --bin rocketraft-broker
+  cargo build -p rocketraft-jepsen
+' build "$bin"
 
 missed=()
 # expect_fail NAME BROKER_BIN WORKLOAD NEMESIS SEED [VAR=VALUE...]: the run must exit 1.

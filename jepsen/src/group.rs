@@ -13,7 +13,7 @@
 //!
 //! History: a receive is `receive` with a `poll` mop (`reads` are `(offset, value)`), an
 //! ack is `ack` with one `ack` mop per message (an `ok` completion lists only the entries
-//! the broker accepted), a group-offset read is `offset` with a `read` mop. A receive or ack
+//! the broker accepted; a refused entry may still have been acked by a forward's first try), a group-offset read is `offset` with a `read` mop. A receive or ack
 //! that errs or times out may have taken effect: `info`, and the process ends; one whose
 //! connection could not be made failed.
 
@@ -244,11 +244,13 @@ pub async fn recorded_ack(
             history.complete(&inv, OpType::Ok, done, addr, None);
             OpType::Ok
         }
-        // Every entry refused (a handle gone stale): nothing acked.
+        // Every entry refused. Not a definite failure: a follower retries a forward that
+        // broke off, and the leader may have applied the first try, whose handles the retry
+        // then finds stale.
         Ok(_) => {
             let why = "every entry refused".to_string();
-            history.complete(&inv, OpType::Fail, inv.value.clone(), addr, Some(why));
-            OpType::Fail
+            history.complete(&inv, OpType::Info, inv.value.clone(), addr, Some(why));
+            OpType::Info
         }
         Err(e) => {
             let (kind, error) = e.outcome();

@@ -244,11 +244,12 @@ pub(crate) fn offset_and_value(m: &pb::Message) -> Result<(u64, Value), String> 
         .as_ref()
         .and_then(|p| p.queue_offset)
         .ok_or("a message without a queue offset")?;
+    let offset = u64::try_from(offset).map_err(|_| format!("negative queue offset {offset}"))?;
     let value = std::str::from_utf8(&m.body)
         .ok()
         .and_then(|s| s.parse::<Value>().ok())
         .ok_or_else(|| format!("offset {offset}: body is not a value"))?;
-    Ok((offset as u64, value))
+    Ok((offset, value))
 }
 
 /// Why a send has no offset.
@@ -432,7 +433,7 @@ impl Worker {
     }
 
     /// Sends a new value; with `retries`, a send whose outcome is unknown is sent again
-    /// (same value, same message id) through another node by a fresh process, as a
+    /// (same value, same message id) through a random node by a fresh process, as a
     /// producer retries. Returns the process to continue with: an unknown outcome ends one.
     async fn send(&mut self, mut process: u64) -> u64 {
         let key = self.rng.random_range(0..self.opts.keys);

@@ -1268,11 +1268,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         self.commit(&mut p)?;
                     }
                     #[cfg(feature = "fault-injection")]
-                    if matches!(cmd, Command::Append { .. }) {
+                    if matches!(cmd, Command::Append { .. } | Command::Batch(_)) {
                         p.reuse_offset =
                             crate::fault::first_append_of_new_term(entry.log_id.leader_id.term);
                     }
                     let result = self.apply_command(cmd, entry.log_id.index, &mut p)?;
+                    #[cfg(feature = "fault-injection")]
+                    {
+                        p.reuse_offset = false;
+                    }
                     self.inner.counters.count(&result);
                     result
                 }

@@ -262,6 +262,11 @@ impl Inner {
     }
 
     fn inflight(&self, pop_key: &[u8]) -> Result<Vec<(u64, Inflight)>, ReadError> {
+        self.inflight_upto(pop_key, usize::MAX)
+    }
+
+    /// The first `max` of [`Inner::inflight`], in offset order.
+    fn inflight_upto(&self, pop_key: &[u8], max: usize) -> Result<Vec<(u64, Inflight)>, ReadError> {
         let mut out = Vec::new();
         let floor = self
             .inflight_floor
@@ -280,7 +285,7 @@ impl Inner {
             opts,
             IteratorMode::From(&inflight_key(pop_key, floor), Direction::Forward),
         );
-        for item in iter {
+        for item in iter.take(max) {
             let (k, v) = item?;
             if !k.starts_with(pop_key) || k.len() != pop_key.len() + 8 {
                 break;
@@ -985,29 +990,26 @@ impl StateReader {
         Ok(out)
     }
 
-    /// Where `group` resumes on a queue, as `GetOffset` reports it (RocketMQ keeps one
-    /// consumer offset per group and queue, advanced by pull commits and pop acks alike):
-    /// the offset a pull consumer committed; else, for a clustering group that pops, its
-    /// lowest unacknowledged offset. That one never moves back: the cursor only grows, and
-    /// an in-flight entry is only ever removed (acked, dead-lettered) or re-timed, never
-    /// added below the cursor. `None` when the group has neither. Broadcasting groups keep
-    /// progress per consumer, so only their commits count.
+    /// Where `group` resumes on a queue, as `GetOffset` reports it (RocketMQ shows one
+    /// consumer offset per group and queue): for a clustering group that pops, its lowest
+    /// unacknowledged offset; else the offset a pull consumer committed. The pop value only
+    /// moves back when an operator resets the group (`ResetOffsets`): the cursor otherwise
+    /// only grows, and an in-flight entry is only ever removed (acked, dead-lettered) or
+    /// re-timed, never added below the cursor. `None` when the group has neither.
+    /// Broadcasting groups keep pop progress per consumer, so only their commits count.
     pub fn consume_offset(
         &self,
         group: &str,
         topic: &str,
         queue_id: u32,
     ) -> Result<Option<u64>, ReadError> {
-        if let Some(committed) = self.consumer_offset(group, topic, queue_id)? {
-            return Ok(Some(committed));
-        }
         let broadcast = self.group(group).is_some_and(|g| g.broadcast);
         let pk = pop_key(group, "", topic, queue_id);
         if broadcast || self.inner.db.get_cf(self.inner.cf(CF_POPS), &pk)?.is_none() {
-            return Ok(None);
+            return self.consumer_offset(group, topic, queue_id);
         }
         let cursor = self.inner.cursor(&pk, self.queue_state(topic, queue_id))?;
-        let lowest_inflight = self.inner.inflight(&pk)?.first().map(|(offset, _)| *offset);
+        let lowest_inflight = self.inner.inflight_upto(&pk, 1)?.first().map(|(o, _)| *o);
         Ok(Some(lowest_inflight.map_or(cursor, |o| o.min(cursor))))
     }
 
