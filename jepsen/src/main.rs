@@ -226,41 +226,34 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             max_states,
         } => {
             let ops = rocketraft_jepsen::history::read_history(&history)?;
-            if ops
+            let (valid, report) = if ops
                 .iter()
                 .any(|o| matches!(o.f, F::Receive | F::Ack | F::Offset))
             {
-                let report = rocketraft_jepsen::checker::group::check(
-                    &ops,
-                    &GroupCheckOptions {
-                        min_ok_sends: 1,
-                        min_ok_receives: 1,
-                    },
-                );
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(exit_code(&[report.valid]));
-            }
-            if is_register_history(&ops) {
-                let report = rocketraft_jepsen::checker::register::check(
-                    &ops,
-                    &RegisterCheckOptions {
-                        min_ok_writes: 1,
-                        min_ok_reads: 1,
-                        max_states,
-                    },
-                );
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(exit_code(&[report.valid]));
-            }
-            let report = rocketraft_jepsen::checker::log::check(
-                &ops,
-                &LogCheckOptions {
+                let opts = GroupCheckOptions {
+                    min_ok_sends: 1,
+                    min_ok_receives: 1,
+                };
+                let r = rocketraft_jepsen::checker::group::check(&ops, &opts);
+                (r.valid, serde_json::to_string_pretty(&r)?)
+            } else if is_register_history(&ops) {
+                let opts = RegisterCheckOptions {
+                    min_ok_writes: 1,
+                    min_ok_reads: 1,
+                    max_states,
+                };
+                let r = rocketraft_jepsen::checker::register::check(&ops, &opts);
+                (r.valid, serde_json::to_string_pretty(&r)?)
+            } else {
+                let opts = LogCheckOptions {
                     min_ok_sends: 1,
                     min_ok_polls: 1,
-                },
-            );
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(exit_code(&[report.valid]))
+                };
+                let r = rocketraft_jepsen::checker::log::check(&ops, &opts);
+                (r.valid, serde_json::to_string_pretty(&r)?)
+            };
+            println!("{report}");
+            Ok(exit_code(&[valid]))
         }
     }
 }

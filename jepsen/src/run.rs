@@ -503,13 +503,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
             unknown_reasons.push("faults ran but the leader never changed".into());
         }
     }
-    let valid = if !failures.is_empty() {
-        Validity::Fail
-    } else if !unknown_reasons.is_empty() {
-        Validity::Unknown
-    } else {
-        Validity::Pass
-    };
+    let valid = Validity::judge(!failures.is_empty(), &unknown_reasons);
     Ok(Results {
         name: opts.name.clone(),
         valid,

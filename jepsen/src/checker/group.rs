@@ -236,13 +236,7 @@ pub fn check(history: &[Op], opts: &GroupCheckOptions) -> GroupReport {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let valid = if !error_counts.is_empty() {
-        Validity::Fail
-    } else if !unknown_reasons.is_empty() {
-        Validity::Unknown
-    } else {
-        Validity::Pass
-    };
+    let valid = Validity::judge(!error_counts.is_empty(), &unknown_reasons);
     GroupReport {
         valid,
         errors,

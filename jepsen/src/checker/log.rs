@@ -164,13 +164,7 @@ pub fn check(history: &[Op], opts: &LogCheckOptions) -> LogReport {
             errors.insert(class.to_string(), examples);
         }
     }
-    let valid = if !errors.is_empty() {
-        Validity::Fail
-    } else if !unknown_reasons.is_empty() {
-        Validity::Unknown
-    } else {
-        Validity::Pass
-    };
+    let valid = Validity::judge(!errors.is_empty(), &unknown_reasons);
     LogReport {
         valid,
         errors,

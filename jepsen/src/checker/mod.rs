@@ -27,4 +27,16 @@ impl Validity {
     pub fn combine(self, other: Validity) -> Validity {
         self.max(other)
     }
+
+    /// The verdict on a body of evidence: `Fail` when something fatal was found, else
+    /// `Unknown` when there is any reason to doubt the evidence, else `Pass`.
+    pub fn judge(failed: bool, unknown_reasons: &[String]) -> Validity {
+        if failed {
+            Validity::Fail
+        } else if !unknown_reasons.is_empty() {
+            Validity::Unknown
+        } else {
+            Validity::Pass
+        }
+    }
 }

@@ -196,13 +196,7 @@ pub fn check(history: &[Op], opts: &RegisterCheckOptions) -> RegisterReport {
             stats.read_ok, opts.min_ok_reads
         ));
     }
-    let valid = if !anomalous_keys.is_empty() {
-        Validity::Fail
-    } else if !unknown_reasons.is_empty() {
-        Validity::Unknown
-    } else {
-        Validity::Pass
-    };
+    let valid = Validity::judge(!anomalous_keys.is_empty(), &unknown_reasons);
     RegisterReport {
         valid,
         keys,
