@@ -208,18 +208,20 @@ pub fn check(history: &[Op], opts: &GroupCheckOptions) -> GroupReport {
     stats.values_acked = acks.iter().map(|a| acks_of(a.op).count()).sum();
     offset_order(&offsets, &acks, &mut found);
 
-    if stats.send_ok < opts.min_ok_sends {
-        unknown_reasons.push(format!(
-            "too few ok sends: {} < min_ok_sends {}",
-            stats.send_ok, opts.min_ok_sends
-        ));
-    }
-    if stats.receive_ok_nonempty < opts.min_ok_receives {
-        unknown_reasons.push(format!(
-            "too few ok receives that got something: {} < min_ok_receives {}",
-            stats.receive_ok_nonempty, opts.min_ok_receives
-        ));
-    }
+    Validity::require(
+        &mut unknown_reasons,
+        "ok sends",
+        stats.send_ok,
+        "min_ok_sends",
+        opts.min_ok_sends,
+    );
+    Validity::require(
+        &mut unknown_reasons,
+        "ok receives that got something",
+        stats.receive_ok_nonempty,
+        "min_ok_receives",
+        opts.min_ok_receives,
+    );
     if !stats.drained && stats.unreceived > 0 {
         unknown_reasons.push(format!(
             "{} acknowledged sends were never received and the final reads did not finish",

@@ -139,18 +139,20 @@ pub fn check(history: &[Op], opts: &LogCheckOptions) -> LogReport {
     realtime_send_order(&cx, &mut found);
 
     let stats = stats(&cx);
-    if stats.send_ok < opts.min_ok_sends {
-        unknown_reasons.push(format!(
-            "too few ok sends: {} < min_ok_sends {}",
-            stats.send_ok, opts.min_ok_sends
-        ));
-    }
-    if stats.poll_ok_nonempty < opts.min_ok_polls {
-        unknown_reasons.push(format!(
-            "too few ok polls that read something: {} < min_ok_polls {}",
-            stats.poll_ok_nonempty, opts.min_ok_polls
-        ));
-    }
+    Validity::require(
+        &mut unknown_reasons,
+        "ok sends",
+        stats.send_ok,
+        "min_ok_sends",
+        opts.min_ok_sends,
+    );
+    Validity::require(
+        &mut unknown_reasons,
+        "ok polls that read something",
+        stats.poll_ok_nonempty,
+        "min_ok_polls",
+        opts.min_ok_polls,
+    );
 
     let mut errors = BTreeMap::new();
     let mut error_counts = BTreeMap::new();

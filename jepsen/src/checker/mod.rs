@@ -28,6 +28,20 @@ impl Validity {
         self.max(other)
     }
 
+    /// A vacuity guard: notes in `unknown_reasons` when `got` falls below `min`, naming the
+    /// option (`floor`) that set the minimum.
+    pub fn require(
+        unknown_reasons: &mut Vec<String>,
+        what: &str,
+        got: usize,
+        floor: &str,
+        min: usize,
+    ) {
+        if got < min {
+            unknown_reasons.push(format!("too few {what}: {got} < {floor} {min}"));
+        }
+    }
+
     /// The verdict on a body of evidence: `Fail` when something fatal was found, else
     /// `Unknown` when there is any reason to doubt the evidence, else `Pass`.
     pub fn judge(failed: bool, unknown_reasons: &[String]) -> Validity {

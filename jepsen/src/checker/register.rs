@@ -184,18 +184,20 @@ pub fn check(history: &[Op], opts: &RegisterCheckOptions) -> RegisterReport {
         .map(|(k, _)| *k)
         .collect();
 
-    if stats.write_ok < opts.min_ok_writes {
-        unknown_reasons.push(format!(
-            "too few ok writes: {} < min_ok_writes {}",
-            stats.write_ok, opts.min_ok_writes
-        ));
-    }
-    if stats.read_ok < opts.min_ok_reads {
-        unknown_reasons.push(format!(
-            "too few ok reads: {} < min_ok_reads {}",
-            stats.read_ok, opts.min_ok_reads
-        ));
-    }
+    Validity::require(
+        &mut unknown_reasons,
+        "ok writes",
+        stats.write_ok,
+        "min_ok_writes",
+        opts.min_ok_writes,
+    );
+    Validity::require(
+        &mut unknown_reasons,
+        "ok reads",
+        stats.read_ok,
+        "min_ok_reads",
+        opts.min_ok_reads,
+    );
     let valid = Validity::judge(!anomalous_keys.is_empty(), &unknown_reasons);
     RegisterReport {
         valid,
