@@ -2,7 +2,7 @@
 //! `rocketraft_raft_store::fault`): acking sends before they commit. The read barrier's
 //! fault lives in [`crate::proposer::Proposer::read_barrier`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -35,15 +35,12 @@ pub async fn propose_send(
         return propose(ctx, cmd).await;
     }
     // Offsets handed out but not applied yet, per queue: the prediction starts past them.
-    static AHEAD: Mutex<Option<HashMap<(String, u32), u64>>> = Mutex::new(None);
+    static AHEAD: Mutex<BTreeMap<(String, u32), u64>> = Mutex::new(BTreeMap::new());
     let key = (topic.clone(), *queue_id);
     let count = messages.len() as u64;
     let first = {
         let mut ahead = AHEAD.lock().unwrap_or_else(|e| e.into_inner());
-        let n = ahead
-            .get_or_insert_with(HashMap::new)
-            .entry(key.clone())
-            .or_default();
+        let n = ahead.entry(key.clone()).or_default();
         let first = ctx.reader.queue_state(topic, *queue_id).offset_next + *n;
         *n += count;
         first
@@ -53,7 +50,7 @@ pub async fn propose_send(
     let write = tokio::spawn(async move {
         let result = proposer.propose(cmd).await;
         let mut ahead = AHEAD.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = ahead.get_or_insert_with(HashMap::new).get_mut(&key) {
+        if let Some(n) = ahead.get_mut(&key) {
             *n = n.saturating_sub(count);
         }
         result
