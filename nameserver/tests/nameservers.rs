@@ -568,13 +568,32 @@ async fn topics_span_groups_and_bad_admin_input_changes_nothing() -> anyhow::Res
         }
     }
     // Our client's route API: both groups, live nodes leader first, versions; an unknown
-    // topic has no groups; a bad name or too many topics is refused.
-    let routes = ns
-        .get_routes(pb::GetRoutesRequest {
-            topics: vec!["Spread".into(), "Nowhere".into()],
-        })
-        .await?
-        .into_inner();
+    // topic has no groups; a bad name or too many topics is refused. On a loaded machine a
+    // group may hold an election in between (the route is leaderless until the winner's
+    // next report), so wait until each route names the group's current leader first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let routes = loop {
+        let routes = ns
+            .get_routes(pb::GetRoutesRequest {
+                topics: vec!["Spread".into(), "Nowhere".into()],
+            })
+            .await?
+            .into_inner();
+        let mut leaders_first = true;
+        for g in routes.topics.iter().flat_map(|t| &t.groups) {
+            let leader = w.broker_leader(&g.group).await.context("leader")?.0;
+            leaders_first &=
+                g.leader_term > 0 && g.addrs.first() == Some(&w.groups[&g.group][&leader].addr);
+        }
+        if leaders_first {
+            break routes;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "routes do not name the leaders first: {routes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(routes.nameservers.len(), 3, "{:?}", routes.nameservers);
     assert_eq!(routes.topics.len(), 2);
     let spread = &routes.topics[0];
@@ -582,12 +601,9 @@ async fn topics_span_groups_and_bad_admin_input_changes_nothing() -> anyhow::Res
     let names: Vec<&str> = spread.groups.iter().map(|g| g.group.as_str()).collect();
     assert_eq!(names, ["g1", "g2"]);
     for g in &spread.groups {
-        let (leader, _) = w.broker_leader(&g.group).await.context("leader")?;
-        let leader_addr = &w.groups[&g.group][&leader].addr;
         assert_eq!(g.addrs.len(), 3, "{g:?}");
-        assert_eq!(&g.addrs[0], leader_addr, "leader first: {g:?}");
         assert_eq!(g.topic.as_ref().map(|t| t.queue_count), Some(2));
-        assert!(g.version.is_some() && g.leader_term > 0, "{g:?}");
+        assert!(g.version.is_some(), "{g:?}");
     }
     assert!(routes.topics[1].groups.is_empty(), "{:?}", routes.topics[1]);
     for (topics, needle) in [
