@@ -8,7 +8,11 @@
 //! are never reused: a removed node's id with new, empty state could vote twice in a term.
 //!
 //! Options per run: a lazyfs mount under each node's data directory (for lost-unfsynced-
-//! writes faults, [`crate::lazyfs`]) and a libfaketime clock per node ([`crate::clock`]).
+//! writes faults, [`crate::lazyfs`]), a libfaketime clock per node ([`crate::clock`]), and
+//! nameservers, each a `rocketraft-nameserver` in a namespace of its own after the broker
+//! slots: the brokers report to them, they gossip, and clients use them as access points
+//! (they relay every call to the group), so packets between brokers and nameservers can be
+//! cut like any others.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -19,6 +23,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rocketraft_proto::admin as pb;
 use rocketraft_proto::admin::broker_admin_client::BrokerAdminClient;
+use rocketraft_proto::nameserver as nspb;
+use rocketraft_proto::nameserver::nameserver_admin_client::NameserverAdminClient;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
@@ -30,6 +36,13 @@ use crate::netns::Net;
 /// Every node listens on this port on its own address. A fixed port is safe here: each
 /// node has a network namespace to itself, so nothing else on the machine can hold it.
 pub const BROKER_PORT: u16 = 7000;
+pub const NAMESERVER_PORT: u16 = 9876;
+/// Nameserver `k` (0-based) is `NAMESERVER_ID_BASE + k` wherever faults name nodes. Broker
+/// ids count up from 1 and a run adds a few dozen at most, so the two never meet.
+pub const NAMESERVER_ID_BASE: u64 = 1000;
+/// How long a nameserver keeps a silent broker node live: shorter than the default (10 s)
+/// so that cuts between brokers and nameservers, which hold for 3 to 8 s, do expire nodes.
+const NAMESERVER_EXPIRY_MS: u64 = 3000;
 pub const GROUP: &str = "g1";
 
 /// Where a node stands in the group, as the harness last confirmed it.
@@ -59,6 +72,15 @@ pub struct Node {
     clock: Option<NodeClock>,
 }
 
+/// A nameserver of the run. Faults other than partitions leave nameservers alone.
+pub struct Nameserver {
+    pub id: u64,
+    pub slot: usize,
+    pub addr: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
 impl Node {
     /// The broker's data directory (the lazyfs mount point when lazyfs is on).
     fn data_dir(&self) -> PathBuf {
@@ -78,6 +100,9 @@ pub struct ClusterOptions {
     pub lazyfs: bool,
     /// libfaketime, to give each node a clock of its own.
     pub faketime: Option<PathBuf>,
+    /// Nameservers to start (0: the brokers run without any).
+    pub nameservers: usize,
+    pub nameserver_bin: PathBuf,
 }
 
 pub struct Cluster {
@@ -86,6 +111,7 @@ pub struct Cluster {
     dir: PathBuf,
     /// Every node of the run, removed ones too (their logs stay readable).
     pub nodes: Vec<Node>,
+    pub nameservers: Vec<Nameserver>,
     members: String,
     next_id: u64,
 }
@@ -104,6 +130,8 @@ impl Cluster {
                 jepsen_bin: std::env::current_exe()?,
                 lazyfs: false,
                 faketime: None,
+                nameservers: 0,
+                nameserver_bin: PathBuf::new(),
             },
             dir,
         )
@@ -118,15 +146,38 @@ impl Cluster {
                 opts.broker_bin.display()
             );
         }
-        let net = Net::create(opts.size + opts.spares)?;
+        if opts.nameservers > 0 && !opts.nameserver_bin.is_file() {
+            bail!(
+                "nameserver binary {} not found (build it: cargo build --workspace --bins)",
+                opts.nameserver_bin.display()
+            );
+        }
+        let net = Net::create(opts.size + opts.spares + opts.nameservers)?;
         let mut cluster = Self {
             net,
             opts: opts.clone(),
             dir: dir.to_path_buf(),
             nodes: Vec::new(),
+            nameservers: Vec::new(),
             members: String::new(),
             next_id: 1,
         };
+        // Nameservers first, so the brokers' first reports find them up.
+        for k in 0..opts.nameservers {
+            let slot = cluster.broker_slots() + k;
+            let dir = dir.join(format!("ns{k}"));
+            std::fs::create_dir_all(&dir)?;
+            cluster.nameservers.push(Nameserver {
+                id: NAMESERVER_ID_BASE + k as u64,
+                slot,
+                addr: format!("{}:{NAMESERVER_PORT}", cluster.net.ip(slot)),
+                log: dir.join("nameserver.log"),
+                child: None,
+            });
+        }
+        for k in 0..opts.nameservers {
+            cluster.spawn_nameserver(k)?;
+        }
         for slot in 0..opts.size {
             cluster.new_node(slot, Role::Voter, false)?;
         }
@@ -165,6 +216,46 @@ impl Cluster {
             clock,
         });
         Ok(id)
+    }
+
+    /// Namespaces for broker nodes (the initial ones and spares); nameservers come after.
+    fn broker_slots(&self) -> usize {
+        self.opts.size + self.opts.spares
+    }
+
+    fn spawn_nameserver(&mut self, k: usize) -> Result<()> {
+        let peers: Vec<String> = self
+            .nameservers
+            .iter()
+            .filter(|n| n.id != self.nameservers[k].id)
+            .map(|n| n.addr.clone())
+            .collect();
+        let ns = &self.nameservers[k];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ns.log)
+            .with_context(|| format!("opening {}", ns.log.display()))?;
+        let mut cmd = self.net.command(ns.slot, &self.opts.nameserver_bin);
+        cmd.args(["--listen", &ns.addr])
+            .args(["--expiry-ms", &NAMESERVER_EXPIRY_MS.to_string()])
+            .env("ROCKETRAFT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        if !peers.is_empty() {
+            cmd.args(["--peers", &peers.join(",")]);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting nameserver {}", ns.id))?;
+        self.nameservers[k].child = Some(child);
+        Ok(())
+    }
+
+    /// The nameservers' ids ([`NAMESERVER_ID_BASE`] + k).
+    pub fn nameserver_ids(&self) -> Vec<u64> {
+        self.nameservers.iter().map(|n| n.id).collect()
     }
 
     /// Voters and learners: the nodes faults act on and final reads check.
@@ -207,7 +298,11 @@ impl Cluster {
             .with_context(|| format!("no node {id}"))
     }
 
+    /// The namespace of broker node or nameserver `id`.
     pub fn slot(&self, id: u64) -> Result<usize> {
+        if let Some(ns) = self.nameservers.iter().find(|n| n.id == id) {
+            return Ok(ns.slot);
+        }
         Ok(self.node(id)?.slot)
     }
 
@@ -217,7 +312,7 @@ impl Cluster {
 
     /// A slot no node occupies (for a node to add), if any.
     pub fn free_slot(&self) -> Option<usize> {
-        (0..self.net.nodes()).find(|s| {
+        (0..self.broker_slots()).find(|s| {
             !self
                 .nodes
                 .iter()
@@ -235,6 +330,7 @@ impl Cluster {
         let slot = node.slot;
         let mut cmd = self.net.command(slot, &self.opts.broker_bin);
         let members = self.members.clone();
+        let nameservers = self.nameserver_addrs().join(",");
         let (jepsen_bin, lazyfs, faketime, broker_bin) = (
             self.opts.jepsen_bin.clone(),
             self.opts.lazyfs,
@@ -263,6 +359,9 @@ impl Cluster {
             cmd.arg("--join");
         } else {
             cmd.args(["--members", &members]);
+        }
+        if !nameservers.is_empty() {
+            cmd.args(["--nameservers", &nameservers]);
         }
         cmd.arg("--data-dir")
             .arg(&data_dir)
@@ -392,12 +491,24 @@ impl Cluster {
         group_status(&self.node(id)?.addr).await
     }
 
-    /// Every slot's address, whether a node runs there or not: the clients spread over
-    /// all of them, so nodes that membership changes add get traffic too.
+    /// Every broker slot's address, whether a node runs there or not: the clients spread
+    /// over all of them, so nodes that membership changes add get traffic too.
     pub fn addrs(&self) -> Vec<String> {
-        (0..self.net.nodes())
+        (0..self.broker_slots())
             .map(|s| format!("{}:{BROKER_PORT}", self.net.ip(s)))
             .collect()
+    }
+
+    pub fn nameserver_addrs(&self) -> Vec<String> {
+        self.nameservers.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Where clients may send their calls: every broker slot, then every nameserver (which
+    /// relays to the group as its routes say). Index `i < addrs().len()` is broker slot `i`.
+    pub fn access_points(&self) -> Vec<String> {
+        let mut out = self.addrs();
+        out.extend(self.nameserver_addrs());
+        out
     }
 
     pub async fn leader(&self) -> Option<(u64, u64)> {
@@ -516,11 +627,13 @@ impl Cluster {
     /// start), with how it ended.
     pub fn exited(&mut self) -> Vec<String> {
         let mut out = Vec::new();
-        for n in &mut self.nodes {
-            if let Some(c) = n.child.as_mut()
+        let nodes = self.nodes.iter_mut().map(|n| (n.id, &mut n.child));
+        let nameservers = self.nameservers.iter_mut().map(|n| (n.id, &mut n.child));
+        for (id, child) in nodes.chain(nameservers) {
+            if let Some(c) = child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                out.push(format!("node {}: {status}", n.id));
+                out.push(format!("node {id}: {status}"));
             }
         }
         out
@@ -529,10 +642,12 @@ impl Cluster {
     /// The last lines of every node's log, for failure reports.
     pub fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
-        for n in &self.nodes {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+        let nodes = self.nodes.iter().map(|n| (n.id, &n.log));
+        let nameservers = self.nameservers.iter().map(|n| (n.id, &n.log));
+        for (id, log) in nodes.chain(nameservers) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-            out += &format!("--- node {} ---\n", n.id);
+            out += &format!("--- node {id} ---\n");
             for l in tail.iter().rev() {
                 out += l;
                 out.push('\n');
@@ -542,7 +657,7 @@ impl Cluster {
     }
 
     /// Stops every node by PID (paused ones are resumed first so SIGKILL is delivered),
-    /// then their lazyfs mounts.
+    /// then their lazyfs mounts, then the nameservers.
     pub fn stop_all(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut child) = n.child.take() {
@@ -552,6 +667,12 @@ impl Cluster {
             }
             if let Some(mut fs) = n.lazyfs.take() {
                 fs.stop();
+            }
+        }
+        for n in &mut self.nameservers {
+            if let Some(mut child) = n.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
     }
@@ -572,6 +693,26 @@ pub async fn group_status(addr: &str) -> Status {
         .group_status(pb::GroupStatusRequest {})
         .await?
         .into_inner())
+}
+
+/// The leader (node id, term) the nameserver at `addr` names for `group` in its routes:
+/// `Ok(None)` when it knows the group but no live leader. Answered within half a second or
+/// not at all, as [`group_status`].
+pub async fn nameserver_leader(addr: &str, group: &str) -> Result<Option<(u64, u64)>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(500))
+        .connect_lazy();
+    let status = NameserverAdminClient::new(channel)
+        .cluster_status(nspb::ClusterStatusRequest {})
+        .await?
+        .into_inner();
+    let g = status
+        .groups
+        .iter()
+        .find(|g| g.name == group)
+        .with_context(|| format!("nameserver {addr} does not know group {group}"))?;
+    Ok(g.leader_id.map(|l| (l, g.leader_term)))
 }
 
 /// The leader (node id, term) the nodes at `addrs` agree on: the highest term any node

@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(long, default_value = "log")]
         workload: String,
         /// Faults, comma-separated: kill, pause, partition, membership, lose-unfsynced,
-        /// pause-kill, clock (or none).
+        /// pause-kill, clock, nameserver-partition (or none).
         #[arg(long, default_value = "kill,pause,partition")]
         nemesis: String,
         /// Seed of the workload and the nemesis schedule; random if unset.
@@ -56,7 +56,8 @@ enum Cmd {
         seed: Option<u64>,
     },
     /// A fixed set of runs: smoke (CI: kill, pause, partition, mixed, pause-kill, one
-    /// register run under partitions, one group and one dedup run) or long
+    /// register run under partitions, one group and one dedup run, one run with
+    /// nameservers under broker<->nameserver partitions) or long
     /// (each fault class 10 times, mixes, 5-node groups for bridge and ring partitions, and
     /// register, group and dedup runs). The log workload unless an entry says otherwise.
     Suite {
@@ -118,6 +119,13 @@ struct Common {
     /// The rocketraft-broker binary; by default the one next to this binary.
     #[arg(long)]
     broker_bin: Option<PathBuf>,
+    /// The rocketraft-nameserver binary; by default the one next to the broker binary.
+    #[arg(long)]
+    nameserver_bin: Option<PathBuf>,
+    /// Nameservers beside the group, which the brokers report to and the clients also send
+    /// through; default 2 when the faults include nameserver-partition, else 0.
+    #[arg(long)]
+    nameservers: Option<usize>,
     /// Register workload: the checker's cap on search states per key; beyond it the key's
     /// verdict is unknown.
     #[arg(long, default_value_t = MAX_STATES_DEFAULT)]
@@ -296,6 +304,9 @@ fn suite(which: &str) -> Result<Vec<SuiteEntry>> {
             ("kill,pause,partition", None, 1, Group),
             // Partitions and kills leave sends unknown, which the producers then retry.
             ("kill,partition", None, 1, Dedup),
+            // Nameservers in the cluster, cut from brokers and from each other, while the
+            // group also loses nodes and links.
+            ("nameserver-partition,partition,kill", None, 1, Log),
         ],
         "long" => vec![
             ("kill", None, 10, Log),
@@ -318,6 +329,7 @@ fn suite(which: &str) -> Result<Vec<SuiteEntry>> {
             ("pause", None, 1, Register),
             ("kill,pause,partition", None, 10, Group),
             ("kill,partition", None, 10, Dedup),
+            ("nameserver-partition,partition,kill", None, 10, Log),
         ],
         other => anyhow::bail!("unknown suite {other:?}: expected smoke or long"),
     })
@@ -341,8 +353,23 @@ fn options(
             .context("this binary's directory")?
             .join("rocketraft-broker"),
     };
+    let nameserver_bin = match &common.nameserver_bin {
+        Some(p) => p.clone(),
+        None => broker_bin
+            .parent()
+            .context("the broker binary's directory")?
+            .join("rocketraft-nameserver"),
+    };
+    let nameservers =
+        common
+            .nameservers
+            .unwrap_or(if nemesis.split(',').any(|f| f == "nameserver-partition") {
+                2
+            } else {
+                0
+            });
     let command = format!(
-        "rocketraft-jepsen run --workload {} --nemesis {nemesis} --seed {seed} --time-limit {} --nodes {nodes} --rate {} --keys {}",
+        "rocketraft-jepsen run --workload {} --nemesis {nemesis} --seed {seed} --time-limit {} --nodes {nodes} --nameservers {nameservers} --rate {} --keys {}",
         workload.name(),
         time_limit,
         common.rate,
@@ -358,6 +385,8 @@ fn options(
         out: common.out.clone(),
         broker_bin,
         jepsen_bin,
+        nameservers,
+        nameserver_bin,
         workload,
         log: LogOptions {
             keys: common.keys,

@@ -10,7 +10,9 @@
 //! - `lose-unfsynced`: kill -9 nodes and drop everything their storage had not fsynced
 //!   ([`crate::lazyfs`]), then restart them;
 //! - `pause-kill`: NATS's choreography (see [`Nemesis::pause_kill`]);
-//! - `clock`: shift nodes' wall clocks, bumps and strobes ([`crate::clock`]).
+//! - `clock`: shift nodes' wall clocks, bumps and strobes ([`crate::clock`]);
+//! - `nameserver-partition`: packet drops between brokers and nameservers, or between
+//!   nameservers (see [`nameserver_partition_shape`]); needs a cluster with nameservers.
 //!
 //! Each fault records whether it took effect (`effective`): a run whose faults of some
 //! requested class never took effect is inconclusive, not a pass.
@@ -52,10 +54,13 @@ pub enum FaultKind {
     PauseKill,
     /// Per-node wall-clock offsets: bumps forward and back, strobes.
     Clock,
+    /// Packet drops between brokers and nameservers (all of them, the leader, one
+    /// nameserver), or a split of the nameservers with the brokers divided between them.
+    NameserverPartition,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         Self::Kill,
         Self::Pause,
         Self::Partition,
@@ -63,6 +68,7 @@ impl FaultKind {
         Self::LoseUnfsynced,
         Self::PauseKill,
         Self::Clock,
+        Self::NameserverPartition,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +80,7 @@ impl FaultKind {
             Self::LoseUnfsynced => "lose-unfsynced",
             Self::PauseKill => "pause-kill",
             Self::Clock => "clock",
+            Self::NameserverPartition => "nameserver-partition",
         }
     }
 
@@ -372,6 +379,33 @@ impl Nemesis {
                     .collect();
                 f
             }
+            FaultKind::NameserverPartition => {
+                let nameservers = cluster.nameserver_ids();
+                let mut shapes = vec![
+                    "brokers-from-nameservers",
+                    "leader-from-nameservers",
+                    "one-nameserver",
+                ];
+                if nameservers.len() >= 2 {
+                    shapes.push("nameservers-split");
+                }
+                let mut shape = *shapes.choose(&mut self.rng).unwrap_or(&"one-nameserver");
+                if first {
+                    shape = "leader-from-nameservers";
+                }
+                if shape == "leader-from-nameservers" {
+                    leader_first(&mut ids);
+                }
+                let mut nameservers = nameservers;
+                nameservers.shuffle(&mut self.rng);
+                let grudge = nameserver_partition_shape(shape, &ids, &nameservers);
+                let mut f = Fault::new(kind, shape, grudge.keys().copied().collect());
+                f.drops = grudge
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect()))
+                    .collect();
+                f
+            }
             FaultKind::Clock => {
                 // The first clock fault skews a follower and hands it leadership: the
                 // skewed clock then stamps the messages, and leadership moves.
@@ -418,7 +452,7 @@ impl Nemesis {
         match fault.kind {
             FaultKind::Kill => fault.nodes.iter().try_for_each(|id| cluster.kill(*id)),
             FaultKind::Pause => fault.nodes.iter().try_for_each(|id| cluster.pause(*id)),
-            FaultKind::Partition => {
+            FaultKind::Partition | FaultKind::NameserverPartition => {
                 let mut grudge = Grudge::new();
                 for (to, from) in &fault.drops {
                     let from: Result<BTreeSet<usize>> =
@@ -450,7 +484,7 @@ impl Nemesis {
                 fault.nodes.iter().try_for_each(|id| cluster.spawn(*id))
             }
             FaultKind::Pause => fault.nodes.iter().try_for_each(|id| cluster.resume(*id)),
-            FaultKind::Partition => cluster.net.heal(),
+            FaultKind::Partition | FaultKind::NameserverPartition => cluster.net.heal(),
             FaultKind::Clock => {
                 if let Some(s) = self.strobe.take() {
                     s.abort();
@@ -766,6 +800,49 @@ fn partition_shape(shape: &str, ids: &[u64]) -> std::collections::BTreeMap<u64, 
     g
 }
 
+/// Who drops packets from whom for a shape of `nameserver-partition`, over shuffled broker
+/// `ids` (the leader first for leader-from-nameservers) and shuffled `nameservers` ids. Every
+/// cut goes both ways: a broker that cannot reach a nameserver cannot be reached by it.
+fn nameserver_partition_shape(
+    shape: &str,
+    ids: &[u64],
+    nameservers: &[u64],
+) -> std::collections::BTreeMap<u64, BTreeSet<u64>> {
+    let mut g: std::collections::BTreeMap<u64, BTreeSet<u64>> = Default::default();
+    let mut cut = |a: &[u64], b: &[u64]| {
+        for &x in a {
+            for &y in b {
+                g.entry(x).or_default().insert(y);
+                g.entry(y).or_default().insert(x);
+            }
+        }
+    };
+    if ids.is_empty() || nameservers.is_empty() {
+        return g;
+    }
+    match shape {
+        // No nameserver hears from the group: after the expiry every route loses it.
+        "brokers-from-nameservers" => cut(ids, nameservers),
+        // The leader's reports stop; the followers' (naming it leader) still arrive.
+        "leader-from-nameservers" => cut(&ids[..1], nameservers),
+        // One nameserver alone: it keeps answering clients from what it last heard.
+        "one-nameserver" => {
+            cut(&nameservers[..1], ids);
+            cut(&nameservers[..1], &nameservers[1..]);
+        }
+        // The nameservers cannot gossip, and each hears from part of the group only.
+        "nameservers-split" => {
+            let (left, right) = nameservers.split_at(nameservers.len() / 2);
+            let (a, b) = ids.split_at(ids.len() / 2);
+            cut(left, right);
+            cut(a, left);
+            cut(b, right);
+        }
+        _ => {}
+    }
+    g
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -775,6 +852,66 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k, v.into_iter().collect()))
             .collect()
+    }
+
+    #[test]
+    fn nameserver_partition_shapes_cut_the_intended_links() {
+        let drops = |shape| -> Vec<(u64, Vec<u64>)> {
+            nameserver_partition_shape(shape, &[2, 1, 3], &[1001, 1000])
+                .into_iter()
+                .map(|(k, v)| (k, v.into_iter().collect()))
+                .collect()
+        };
+        assert_eq!(
+            drops("leader-from-nameservers"),
+            vec![(2, vec![1000, 1001]), (1000, vec![2]), (1001, vec![2])]
+        );
+        assert_eq!(
+            drops("brokers-from-nameservers"),
+            vec![
+                (1, vec![1000, 1001]),
+                (2, vec![1000, 1001]),
+                (3, vec![1000, 1001]),
+                (1000, vec![1, 2, 3]),
+                (1001, vec![1, 2, 3]),
+            ]
+        );
+        // Nameserver 1001 alone; brokers still reach 1000 and each other.
+        assert_eq!(
+            drops("one-nameserver"),
+            vec![
+                (1, vec![1001]),
+                (2, vec![1001]),
+                (3, vec![1001]),
+                (1000, vec![1001]),
+                (1001, vec![1, 2, 3, 1000]),
+            ]
+        );
+        // Split: 1001 | 1000; broker 2 hears only 1000, brokers 1 and 3 only 1001.
+        assert_eq!(
+            drops("nameservers-split"),
+            vec![
+                (1, vec![1000]),
+                (2, vec![1001]),
+                (3, vec![1000]),
+                (1000, vec![1, 3, 1001]),
+                (1001, vec![2, 1000]),
+            ]
+        );
+        // Brokers never lose each other.
+        for shape in [
+            "brokers-from-nameservers",
+            "leader-from-nameservers",
+            "one-nameserver",
+            "nameservers-split",
+        ] {
+            for (to, from) in drops(shape) {
+                assert!(
+                    to >= 1000 || from.iter().all(|f| *f >= 1000),
+                    "{shape}: broker {to} drops {from:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -288,6 +288,7 @@ fn fault_colour(kind: FaultKind) -> RGBColor {
         FaultKind::LoseUnfsynced => RGBColor(200, 30, 30),
         FaultKind::PauseKill => RGBColor(150, 75, 0),
         FaultKind::Clock => RGBColor(30, 120, 220),
+        FaultKind::NameserverPartition => RGBColor(200, 60, 160),
     }
 }
 

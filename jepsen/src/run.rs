@@ -1,7 +1,8 @@
 //! One run: start a cluster in its own network, run the workload under the nemesis, heal,
 //! restart everything, wait, read everything back, check, and write the run directory:
 //! `history.jsonl`, `nemesis.jsonl`, `leaders.jsonl`, `n<id>/broker.log`, `results.json`,
-//! `summary.md`, `throughput.png`, `latency.png`.
+//! `summary.md`, `throughput.png`, `latency.png`; with nameservers also `routes.jsonl` (what
+//! each nameserver named leader) and `ns<k>/nameserver.log`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,7 +19,8 @@ use crate::checker::Validity;
 use crate::checker::group::{GroupCheckOptions, GroupReport};
 use crate::checker::log::{LogCheckOptions, LogReport};
 use crate::checker::register::{RegisterCheckOptions, RegisterReport};
-use crate::cluster::{Cluster, ClusterOptions, agreed_leader};
+use crate::checker::routes::{RouteSample, RoutesCheckOptions, RoutesReport};
+use crate::cluster::{Cluster, ClusterOptions, agreed_leader, nameserver_leader};
 use crate::group::{self, GroupOptions};
 use crate::history::{HistoryWriter, Key, Mop, Op, OpType};
 use crate::membership;
@@ -95,6 +97,9 @@ pub struct RunOptions {
     pub broker_bin: PathBuf,
     /// This harness's binary, which also serves the lazyfs mounts.
     pub jepsen_bin: PathBuf,
+    /// Nameservers beside the group (0: none); clients then use them as access points too.
+    pub nameservers: usize,
+    pub nameserver_bin: PathBuf,
     pub workload: Workload,
     /// The log workload's options (used when `workload` is `Log`).
     pub log: LogOptions,
@@ -163,6 +168,10 @@ pub struct Results {
     /// The group checker's report (group workload only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupReport>,
+    pub nameservers: usize,
+    /// The routes checker's report (runs with nameservers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<RoutesReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plot_error: Option<String>,
     pub dir: PathBuf,
@@ -175,6 +184,10 @@ pub async fn run(opts: &RunOptions) -> Result<Results> {
     }
     std::fs::create_dir_all(&dir)?;
     let has = |k: FaultKind| opts.faults.contains(&k);
+    anyhow::ensure!(
+        !has(FaultKind::NameserverPartition) || opts.nameservers > 0,
+        "nameserver-partition faults need nameservers (--nameservers 1 or more)"
+    );
     let cluster_opts = ClusterOptions {
         size: opts.nodes,
         spares: cluster_spares(opts),
@@ -186,6 +199,8 @@ pub async fn run(opts: &RunOptions) -> Result<Results> {
         } else {
             None
         },
+        nameservers: opts.nameservers,
+        nameserver_bin: opts.nameserver_bin.clone(),
     };
     let mut cluster = Cluster::start_with(&cluster_opts, &dir)?;
     let outcome = run_in(opts, &dir, &mut cluster).await;
@@ -223,7 +238,7 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         Workload::Register => opts.register.op_timeout,
         Workload::Group => opts.group.op_timeout,
     };
-    let clients = Clients::new(cluster.addrs(), op_timeout)?;
+    let clients = Clients::new(cluster.access_points(), op_timeout)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let monitor = tokio::spawn(monitor(
@@ -232,6 +247,19 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         start,
         stop_rx.clone(),
     ));
+    let route_sampler = (opts.nameservers > 0).then(|| {
+        let nameservers = cluster
+            .nameservers
+            .iter()
+            .map(|n| (n.id, n.addr.clone()))
+            .collect();
+        tokio::spawn(sample_routes(
+            nameservers,
+            File::create(dir.join("routes.jsonl")),
+            start,
+            stop_rx.clone(),
+        ))
+    });
     let load = {
         let (opts, clients, history, ids) =
             (opts.clone(), clients.clone(), history.clone(), ids.clone());
@@ -307,6 +335,12 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
             not_healed = Some(format!("{e:#}"));
         }
     }
+    // Every nameserver must name the group's leader again once the cuts are healed.
+    let routes_stale = if not_healed.is_none() && opts.nameservers > 0 {
+        routes_converged(cluster, Duration::from_secs(30)).await
+    } else {
+        None
+    };
     let (drain_unfinished, replica_divergence, stored) = if not_healed.is_none() {
         match opts.workload {
             Workload::Log | Workload::Dedup | Workload::Group => {
@@ -354,7 +388,22 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         }
         (all, Vec::new(), StoreTimes::new())
     };
-    let leader_changes = monitor.await.unwrap_or(0);
+    let leaders_seen = monitor.await.unwrap_or_default();
+    let leader_changes = leaders_seen.len().saturating_sub(1);
+    let routes = match route_sampler {
+        Some(task) => {
+            let samples = task.await.unwrap_or_default();
+            Some(crate::checker::routes::check(
+                &samples,
+                &leaders_seen,
+                &RoutesCheckOptions {
+                    // A sample per nameserver every 250 ms: at least half of them answered.
+                    min_samples: (opts.time_limit.as_secs_f64() * 2.0) as usize * opts.nameservers,
+                },
+            ))
+        }
+        None => None,
+    };
 
     let ops = history.ops();
     // A plot that cannot be drawn (no font installed) costs the picture, not the verdict.
@@ -362,12 +411,12 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         .err()
         .map(|e| format!("{e:#}"));
     // Clients spread over every slot, spares too, and an empty slot refuses at once: expect
-    // that share fewer successes. Faults meant to halt the group leave only the time outside
-    // them to succeed in.
+    // that share fewer successes (nameservers relay, so they count as nodes). Faults meant
+    // to halt the group leave only the time outside them to succeed in.
     let share = available_share(&nemesis.windows, opts.time_limit);
-    let expected = |min: usize| {
-        (min as f64 * share) as usize * opts.nodes / (opts.nodes + cluster_spares(opts))
-    };
+    let serving = opts.nodes + opts.nameservers;
+    let expected =
+        |min: usize| (min as f64 * share) as usize * serving / (serving + cluster_spares(opts));
     let (mut log, mut register, mut group) = (None, None, None);
     match opts.workload {
         Workload::Log | Workload::Dedup => {
@@ -454,6 +503,23 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
             ));
         }
     }
+    if let Some(routes) = &routes {
+        unknown_reasons.extend(routes.unknown_reasons.iter().cloned());
+        if routes.valid == Validity::Fail {
+            failures.push(format!(
+                "routes checker: {}",
+                routes
+                    .error_counts
+                    .iter()
+                    .map(|(k, v)| format!("{k} x{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if let Some(stale) = &routes_stale {
+        failures.push(format!("routes after healing: {stale}"));
+    }
     if !replica_divergence.is_empty() {
         failures.push(format!(
             "replicas differ: {}",
@@ -526,19 +592,21 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         log,
         register,
         group,
+        nameservers: opts.nameservers,
+        routes,
         plot_error,
         dir: dir.to_path_buf(),
     })
 }
 
-/// Records every change of the agreed leader until `stop`, then returns how many times it
-/// changed after the first one seen.
+/// Records every change of the agreed leader until `stop`, then returns the distinct
+/// (leader, term) pairs seen, in the order first seen.
 async fn monitor(
     addrs: Vec<String>,
     mut out: File,
     start: Instant,
     mut stop: watch::Receiver<bool>,
-) -> usize {
+) -> Vec<(u64, u64)> {
     let mut last: Option<Option<(u64, u64)>> = None;
     let mut seen = Vec::new();
     loop {
@@ -564,7 +632,73 @@ async fn monitor(
             _ = stop.changed() => if *stop.borrow() { break },
         }
     }
-    seen.len().saturating_sub(1)
+    seen
+}
+
+/// Asks every nameserver whom it names the group's leader, every 250 ms until `stop`;
+/// records the answers (to `routes.jsonl` too) and returns them. Unanswered asks are left
+/// out: a nameserver cut off from the harness says nothing either way.
+async fn sample_routes(
+    nameservers: Vec<(u64, String)>,
+    out: std::io::Result<File>,
+    start: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<RouteSample> {
+    let mut out = out.ok();
+    let mut samples = Vec::new();
+    loop {
+        let answers = futures::future::join_all(
+            nameservers
+                .iter()
+                .map(|(_, addr)| nameserver_leader(addr, crate::cluster::GROUP)),
+        )
+        .await;
+        let time_ns = start.elapsed().as_nanos() as u64;
+        for ((id, _), answer) in nameservers.iter().zip(answers) {
+            let Ok(leader) = answer else { continue };
+            let sample = RouteSample {
+                time_ns,
+                nameserver: *id,
+                leader,
+            };
+            if let (Some(f), Ok(line)) = (out.as_mut(), serde_json::to_string(&sample)) {
+                let _ = writeln!(f, "{line}");
+            }
+            samples.push(sample);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => if *stop.borrow() { break },
+        }
+    }
+    samples
+}
+
+/// Waits until every nameserver names the group's agreed leader; what the laggards name
+/// when `timeout` passes.
+async fn routes_converged(cluster: &Cluster, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let agreed = cluster.leader().await;
+        let mut stale = Vec::new();
+        for ns in &cluster.nameservers {
+            let named = nameserver_leader(&ns.addr, crate::cluster::GROUP).await;
+            match (&named, agreed) {
+                (Ok(Some(l)), Some(a)) if *l == a => {}
+                _ => stale.push(format!("nameserver {} names {named:?}", ns.id)),
+            }
+        }
+        if stale.is_empty() {
+            return None;
+        }
+        if Instant::now() > deadline {
+            return Some(format!(
+                "the group's leader is {agreed:?} but after {timeout:?} {}",
+                stale.join("; ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// After healing, every key must take a send again within 30 s.
@@ -832,6 +966,12 @@ pub fn summary(r: &Results) -> String {
             r.clock_skew_seen.max_behind_ms
         );
     }
+    if let Some(routes) = &r.routes {
+        s += &format!(
+            "- nameservers: {}; {} route samples ({} with no leader), {} regressions to an older term\n",
+            r.nameservers, routes.samples, routes.leaderless_samples, routes.regressions
+        );
+    }
     if let Some(m) = &r.final_membership {
         s += &format!(
             "- final membership: voters {:?}, learners {:?}\n",
@@ -852,6 +992,12 @@ pub fn summary(r: &Results) -> String {
         s += &format!("\n## {class}\n\n");
         for e in examples.iter().take(5) {
             s += &format!("- `{e}`\n");
+        }
+    }
+    if let Some(routes) = r.routes.as_ref().filter(|r| !r.anomalies.is_empty()) {
+        s += "\n## routes\n\n";
+        for a in &routes.anomalies {
+            s += &format!("- {a}\n");
         }
     }
     if let Some(register) = &r.register {

@@ -1,10 +1,11 @@
 //! CI's jepsen smoke suite: `rocketraft-jepsen suite smoke` (the log workload under kill,
-//! pause, partition, all three mixed, and NATS's pause-kill with lost unfsynced writes, and
-//! the register workload under partitions, one run each on a 3-node group in network
+//! pause, partition, all three mixed, NATS's pause-kill with lost unfsynced writes, and
+//! broker<->nameserver partitions with two nameservers; the register workload under
+//! partitions; the group and dedup workloads; one run each on a 3-node group in network
 //! namespaces) must pass.
 //!
-//! Needs root for the namespaces and /dev/fuse for lazyfs; elsewhere it says why and skips. `ROCKETRAFT_JEPSEN_TIME`
-//! sets the seconds of faults per run (default 45).
+//! Needs root for the namespaces and /dev/fuse for lazyfs; elsewhere it says why and skips.
+//! `ROCKETRAFT_JEPSEN_TIME` sets the seconds of faults per run (default 45).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,11 +24,13 @@ fn smoke_suite_passes() -> anyhow::Result<()> {
     // Cargo puts every workspace binary in one directory; the broker is built with the
     // workspace's tests.
     let broker = exe.with_file_name("rocketraft-broker");
-    anyhow::ensure!(
-        broker.is_file(),
-        "{} is missing: build with `cargo build --workspace`",
-        broker.display()
-    );
+    for bin in [&broker, &exe.with_file_name("rocketraft-nameserver")] {
+        anyhow::ensure!(
+            bin.is_file(),
+            "{} is missing: build with `cargo build --workspace`",
+            bin.display()
+        );
+    }
     let out = tempfile::tempdir()?;
     let time = std::env::var("ROCKETRAFT_JEPSEN_TIME").unwrap_or_else(|_| "45".into());
     let status = Command::new(&exe)

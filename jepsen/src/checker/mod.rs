@@ -5,13 +5,15 @@
 //! - [`register`]: the `register` workload (writes and reads of one register per key), a
 //!   linearizability search per key;
 //! - [`group`]: the `group` workload (pop consumers of one group), total-queue and the
-//!   group offset's order. The `dedup` workload is checked by [`log`].
+//!   group offset's order. The `dedup` workload is checked by [`log`];
+//! - [`routes`]: the leaders the nameservers named, when the cluster has nameservers.
 
 use serde::{Deserialize, Serialize};
 
 pub mod group;
 pub mod log;
 pub mod register;
+pub mod routes;
 
 /// A checker's verdict. The order matters: combining verdicts takes the maximum, so one
 /// `Fail` fails the run and `Unknown` (not enough evidence) is never mistaken for `Pass`.
