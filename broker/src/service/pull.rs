@@ -27,6 +27,8 @@ const BATCH_SIZE_MAX: i32 = 1024;
 /// Messages one pull examines for its filter at most.
 const SCAN_MAX: u64 = 4096;
 const LONG_POLLING_MAX: Duration = Duration::from_secs(30);
+/// Messages read from the store per lookup.
+const READ_CHUNK: usize = 256;
 
 /// The topic and queue a request names; the queue must exist (no "-1" here).
 fn check_queue(
@@ -132,9 +134,17 @@ async fn pull_frames(
         let mut next = offset;
         let mut at = offset;
         while at < scan_end && messages.len() < req.batch_size as usize {
+            // What the batch still lacks (more chunks follow when a filter drops some), at
+            // most READ_CHUNK: a big batch is read in a few large lookups, not many small.
+            let want = (req.batch_size as usize - messages.len()).min(READ_CHUNK);
             let chunk = ctx
                 .reader
-                .read_messages(&topic.name, queue_id, at, 64.min((scan_end - at) as usize))
+                .read_messages(
+                    &topic.name,
+                    queue_id,
+                    at,
+                    want.min((scan_end - at) as usize),
+                )
                 .map_err(|e| (pb::Code::InternalServerError, e.to_string()))?;
             if chunk.is_empty() {
                 break;
@@ -146,7 +156,7 @@ async fn pull_frames(
                 }
                 next = at;
                 if matcher.matches(&m.message) {
-                    messages.push(to_pb(&m, &namespace, &ctx.advertised_addr, None));
+                    messages.push(to_pb(m, &namespace, &ctx.advertised_addr, None));
                 }
             }
         }

@@ -372,10 +372,10 @@ async fn poll(
             match propose(ctx, cmd).await {
                 Ok(Outcome::Done(CommandResult::Popped(popped))) if !popped.is_empty() => {
                     let messages = popped
-                        .iter()
+                        .into_iter()
                         .map(|p| {
                             to_pb(
-                                &p.message,
+                                p.message,
                                 &r.namespace,
                                 &ctx.advertised_addr,
                                 Some(&Delivery {

@@ -120,7 +120,7 @@ fn check_command(ctx: &ServiceContext, half: &HalfMessage) -> pb::TelemetryComma
         status: Some(ok()),
         command: Some(TelemetryCommandKind::RecoverOrphanedTransactionCommand(
             pb::RecoverOrphanedTransactionCommand {
-                message: Some(to_pb(&stored, "", &ctx.advertised_addr, None)),
+                message: Some(to_pb(stored, "", &ctx.advertised_addr, None)),
                 transaction_id: half.transaction_id.clone(),
             },
         )),
