@@ -1,7 +1,7 @@
 //! rocketraft through our client library, as an application would use it: routes from the
 //! nameserver, sends and receives over the official `apache.rocketmq.v2` API.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -101,10 +101,14 @@ impl Pub {
 
 /// Messages one pull asks for: the broker's limit per PullMessage.
 const PULL_BATCH: u32 = 1024;
+/// How often a pull consumer commits its positions: periodically, as RocketMQ's lite pull
+/// consumer does (every 5 s by default) and Kafka's, not after every pull.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// A consumer of the group: pop-style (`SimpleConsumer`: receive, then ack what came), or,
 /// for draining a backlog, a pull consumer reading its share of the queues by offset and
-/// committing its position after each pull (RocketMQ's lite pull consumer, Kafka's model).
+/// committing its positions periodically and when it closes (RocketMQ's lite pull consumer,
+/// Kafka's model).
 pub enum Sub {
     Pop {
         consumer: SimpleConsumer,
@@ -114,6 +118,9 @@ pub enum Sub {
         consumer: PullConsumer,
         queues: Vec<QueueRef>,
         next: usize,
+        /// Pulls in a row that found nothing.
+        empty_in_row: usize,
+        committed_at: Instant,
     },
 }
 
@@ -145,6 +152,8 @@ impl Sub {
             consumer,
             queues,
             next: 0,
+            empty_in_row: 0,
+            committed_at: Instant::now(),
         })
     }
 
@@ -168,7 +177,8 @@ impl Sub {
 
     /// Pop: one receive (long-polling up to the consumer's await duration when empty) and
     /// one ack request for everything it returned, as a high-throughput consumer would.
-    /// Pull: one pull of the next queue in turn and a commit of the new position.
+    /// Pull: one pull of the next queue in turn; the positions are committed every
+    /// [`COMMIT_EVERY`].
     pub async fn receive(&mut self, out: &mut Vec<Bytes>, wait: Duration) -> anyhow::Result<()> {
         match self {
             Sub::Pop { consumer, batch } => {
@@ -183,6 +193,8 @@ impl Sub {
                 consumer,
                 queues,
                 next,
+                empty_in_row,
+                committed_at,
             } => {
                 if queues.is_empty() {
                     tokio::time::sleep(wait).await;
@@ -190,14 +202,22 @@ impl Sub {
                 }
                 let q = queues[*next % queues.len()].clone();
                 *next += 1;
-                // A short long-poll per queue: an empty queue must not hold up the others.
-                let per_queue = (wait / queues.len() as u32).max(Duration::from_millis(10));
+                // Long-poll only once a whole round of queues came back empty: while any
+                // has messages, an empty one must not hold up the others.
+                let per_queue = if *empty_in_row >= queues.len() {
+                    (wait / queues.len() as u32).max(Duration::from_millis(10))
+                } else {
+                    Duration::ZERO
+                };
                 let got = consumer.pull(&q, PULL_BATCH, per_queue).await?;
                 if got.is_empty() {
+                    *empty_in_row += 1;
                     return Ok(());
                 }
-                if let Some(position) = consumer.position(&q) {
-                    consumer.commit(&q, position).await?;
+                *empty_in_row = 0;
+                if committed_at.elapsed() >= COMMIT_EVERY {
+                    commit_positions(consumer, queues).await?;
+                    *committed_at = Instant::now();
                 }
                 out.extend(got.into_iter().map(|m| m.body));
             }
@@ -205,5 +225,24 @@ impl Sub {
         Ok(())
     }
 
-    pub async fn close(self) {}
+    /// A pull consumer commits where it got to, so a later consumer of the group resumes
+    /// there; a failure is only logged (the cell has already been measured).
+    pub async fn close(self) {
+        if let Sub::Pull {
+            consumer, queues, ..
+        } = self
+            && let Err(e) = commit_positions(&consumer, &queues).await
+        {
+            tracing::warn!("committing the pull consumer's positions: {e:#}");
+        }
+    }
+}
+
+async fn commit_positions(consumer: &PullConsumer, queues: &[QueueRef]) -> anyhow::Result<()> {
+    for q in queues {
+        if let Some(position) = consumer.position(q) {
+            consumer.commit(q, position).await?;
+        }
+    }
+    Ok(())
 }
