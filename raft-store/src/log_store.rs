@@ -1,15 +1,18 @@
-//! The Raft log on RocksDB, with group commit.
+//! The Raft log on RocksDB.
 //!
 //! Layout: column family `entries` maps a big-endian log index to a bincode [`Entry`];
 //! column family `meta` holds the vote, the committed log id and the last purged log id.
 //!
-//! Durability: `append` writes its batch to RocksDB without syncing (so the entries are
-//! readable at once, as openraft requires) and hands the flush callback to a syncer thread.
-//! The syncer drains every callback queued so far, syncs the WAL once, and then reports them
-//! all flushed. So one fsync covers every append that arrived while the previous fsync ran:
-//! the batching window is the fsync itself, never a timer. Votes and truncations are
-//! written with `sync = true` before returning, which also syncs everything written before
-//! them, keeping all log IO ordered.
+//! Durability: by default `append` writes its batch with `sync = true` and reports it
+//! flushed before returning. openraft 0.9 waits for each append's flush before it does
+//! anything else (the next append, replication of it), so a syncer thread of our own never
+//! had two appends to batch and cost two thread handoffs per entry on every node; the batching
+//! happens one level up, where everything proposed while an append syncs goes into the next
+//! one. The fsync blocks the task running the Raft core for its duration, which that task
+//! would spend waiting anyway. With [`LogFlush::Async`] the batch goes to the operating system
+//! and a thread fsyncs the WAL every interval. Votes and truncations are always written with
+//! `sync = true`, which also syncs everything written before them, keeping all log IO
+//! ordered.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -30,10 +33,6 @@ const CF_META: &str = "meta";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
-
-/// Callbacks waiting for the next WAL sync; bounded because an unbounded queue is a bug
-/// (openraft bounds its own in-flight appends, so this never fills in practice).
-const SYNC_QUEUE_MAX: usize = 4096;
 
 /// Bytes of stored entries one replication request carries at most (unless a single entry
 /// is larger): well below the transport's `RAFT_MESSAGE_BYTES_MAX`, leaving room for
@@ -187,11 +186,6 @@ pub enum OpenError {
     Thread(#[from] std::io::Error),
 }
 
-/// A flush callback plus nothing else: the syncer syncs the WAL, then reports.
-struct SyncRequest {
-    callback: LogFlushed<TypeConfig>,
-}
-
 /// When appended entries reach the disk, i.e. what "stored" means when openraft counts a
 /// node's copy of an entry towards a majority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -212,7 +206,8 @@ pub enum LogFlush {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
-    sync_tx: mpsc::SyncSender<SyncRequest>,
+    /// With [`LogFlush::Async`]: dropping the last clone stops the periodic syncer.
+    _syncer: Option<mpsc::SyncSender<()>>,
     flush: LogFlush,
 }
 
@@ -243,63 +238,37 @@ impl LogStore {
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let inner = Arc::new(Inner { db });
-        let (sync_tx, sync_rx) = mpsc::sync_channel(SYNC_QUEUE_MAX);
-        let syncer_inner = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || match flush {
-                LogFlush::Sync => run_syncer(syncer_inner, sync_rx),
-                LogFlush::Async { interval_ms } => {
-                    run_periodic_syncer(syncer_inner, sync_rx, interval_ms)
-                }
-            })?;
+        let syncer = match flush {
+            LogFlush::Sync => None,
+            LogFlush::Async { interval_ms } => {
+                let (alive, stopped) = mpsc::sync_channel(1);
+                let syncer_inner = Arc::downgrade(&inner);
+                std::thread::Builder::new()
+                    .name("raft-log-sync".into())
+                    .spawn(move || run_periodic_syncer(syncer_inner, stopped, interval_ms))?;
+                Some(alive)
+            }
+        };
         Ok(Self {
             inner,
-            sync_tx,
+            _syncer: syncer,
             flush,
         })
     }
 }
 
 /// Syncs the WAL every `interval_ms` ([`LogFlush::Async`]). Exits when every `LogStore` is
-/// gone (its channel carries no requests in this mode, only the disconnect).
-fn run_periodic_syncer(inner: Weak<Inner>, rx: mpsc::Receiver<SyncRequest>, interval_ms: u64) {
+/// gone (its channel carries nothing, only the disconnect).
+///
+/// It holds the database weakly, so that the database is closed by whoever drops the last
+/// `LogStore` or `LogReader`, never by this detached thread (possibly while the process is
+/// already exiting and RocksDB's statics are being torn down).
+fn run_periodic_syncer(inner: Weak<Inner>, rx: mpsc::Receiver<()>, interval_ms: u64) {
     let interval = std::time::Duration::from_millis(interval_ms.max(1));
     while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
         let Some(inner) = inner.upgrade() else { return };
         if let Err(e) = inner.db.flush_wal(true) {
             tracing::error!(error = %e, "syncing the raft log WAL in the background failed");
-        }
-    }
-}
-
-/// Syncs the WAL for every batch of queued callbacks. Exits when every `LogStore` is gone.
-///
-/// It holds the database weakly, so that the database is closed by whoever drops the last
-/// `LogStore` or `LogReader`, never by this detached thread (possibly while the process is
-/// already exiting and RocksDB's statics are being torn down).
-fn run_syncer(inner: Weak<Inner>, rx: mpsc::Receiver<SyncRequest>) {
-    let mut pending = Vec::new();
-    while let Ok(first) = rx.recv() {
-        pending.push(first);
-        while let Ok(more) = rx.try_recv() {
-            pending.push(more);
-        }
-        let result = match inner.upgrade() {
-            Some(inner) => inner
-                .db
-                .flush_wal(true)
-                .map_err(|e| std::io::Error::other(format!("syncing the raft log WAL: {e}"))),
-            None => Err(std::io::Error::other(
-                "the raft log was closed before it was synced",
-            )),
-        };
-        for req in pending.drain(..) {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            };
-            req.callback.log_io_completed(r);
         }
     }
 }
@@ -406,23 +375,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let value = bincode::serialize(&entry).map_err(|e| write_err(ErrorSubject::Logs, e))?;
             batch.put_cf(cf, index_key(entry.log_id.index), value);
         }
+        // Sync: on disk when this returns. Async: in the operating system's hands, which
+        // survives a crash of this process; the periodic syncer does the rest.
         let mut opts = WriteOptions::default();
-        opts.set_sync(false);
+        opts.set_sync(self.flush == LogFlush::Sync);
         self.inner
             .db
             .write_opt(batch, &opts)
             .map_err(|e| write_err(ErrorSubject::Logs, e))?;
-        if let LogFlush::Async { .. } = self.flush {
-            // In the operating system's hands now: survives a crash of this process.
-            callback.log_io_completed(Ok(()));
-            return Ok(());
-        }
-        self.sync_tx.send(SyncRequest { callback }).map_err(|_| {
-            write_err(
-                ErrorSubject::Logs,
-                std::io::Error::other("the raft log syncer thread has stopped"),
-            )
-        })
+        callback.log_io_completed(Ok(()));
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
