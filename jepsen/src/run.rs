@@ -467,55 +467,37 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         ));
     }
     let mut unknown_reasons = Vec::new();
-    if let Some(log) = &log {
-        unknown_reasons.extend(log.unknown_reasons.iter().cloned());
-        if log.valid == Validity::Fail {
-            failures.push(format!(
-                "log checker: {}",
-                log.error_counts
-                    .iter()
-                    .map(|(k, v)| format!("{k} x{v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+    // Each checker's doubts become the run's; a checker that failed says what it found.
+    let mut absorb = |valid: Validity, reasons: &[String], failure: String| {
+        unknown_reasons.extend(reasons.iter().cloned());
+        if valid == Validity::Fail {
+            failures.push(failure);
         }
+    };
+    let counts = |c: &BTreeMap<String, usize>| {
+        c.iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(log) = &log {
+        let failure = format!("log checker: {}", counts(&log.error_counts));
+        absorb(log.valid, &log.unknown_reasons, failure);
     }
     if let Some(register) = &register {
-        unknown_reasons.extend(register.unknown_reasons.iter().cloned());
-        if register.valid == Validity::Fail {
-            failures.push(format!(
-                "register checker: not linearizable on keys {:?}",
-                register.anomalous_keys
-            ));
-        }
+        let failure = format!(
+            "register checker: not linearizable on keys {:?}",
+            register.anomalous_keys
+        );
+        absorb(register.valid, &register.unknown_reasons, failure);
     }
     if let Some(group) = &group {
-        unknown_reasons.extend(group.unknown_reasons.iter().cloned());
-        if group.valid == Validity::Fail {
-            failures.push(format!(
-                "group checker: {}",
-                group
-                    .error_counts
-                    .iter()
-                    .map(|(k, v)| format!("{k} x{v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+        let failure = format!("group checker: {}", counts(&group.error_counts));
+        absorb(group.valid, &group.unknown_reasons, failure);
     }
     if let Some(routes) = &routes {
-        unknown_reasons.extend(routes.unknown_reasons.iter().cloned());
-        if routes.valid == Validity::Fail {
-            failures.push(format!(
-                "routes checker: {}",
-                routes
-                    .error_counts
-                    .iter()
-                    .map(|(k, v)| format!("{k} x{v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+        let failure = format!("routes checker: {}", counts(&routes.error_counts));
+        absorb(routes.valid, &routes.unknown_reasons, failure);
     }
     if let Some(stale) = &routes_stale {
         failures.push(format!("routes after healing: {stale}"));
