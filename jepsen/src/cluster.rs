@@ -678,12 +678,16 @@ impl Cluster {
     }
 }
 
-fn admin_client(addr: &str, timeout: Duration) -> Result<BrokerAdminClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+/// A channel to `addr` whose connects and calls give up after `timeout`.
+fn channel(addr: &str, timeout: Duration) -> Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(timeout)
         .timeout(timeout)
-        .connect_lazy();
-    Ok(BrokerAdminClient::new(channel).max_decoding_message_size(64 << 20))
+        .connect_lazy())
+}
+
+fn admin_client(addr: &str, timeout: Duration) -> Result<BrokerAdminClient<Channel>> {
+    Ok(BrokerAdminClient::new(channel(addr, timeout)?).max_decoding_message_size(64 << 20))
 }
 
 /// What the node at `addr` says about its group (answered within half a second or not at
@@ -699,11 +703,7 @@ pub async fn group_status(addr: &str) -> Status {
 /// `Ok(None)` when it knows the group but no live leader. Answered within half a second or
 /// not at all, as [`group_status`].
 pub async fn nameserver_leader(addr: &str, group: &str) -> Result<Option<(u64, u64)>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_millis(500))
-        .connect_lazy();
-    let status = NameserverAdminClient::new(channel)
+    let status = NameserverAdminClient::new(channel(addr, Duration::from_millis(500))?)
         .cluster_status(nspb::ClusterStatusRequest {})
         .await?
         .into_inner();

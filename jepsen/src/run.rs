@@ -253,13 +253,14 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
             .iter()
             .map(|n| (n.id, n.addr.clone()))
             .collect();
-        tokio::spawn(sample_routes(
+        anyhow::Ok(tokio::spawn(sample_routes(
             nameservers,
-            File::create(dir.join("routes.jsonl")),
+            File::create(dir.join("routes.jsonl"))?,
             start,
             stop_rx.clone(),
-        ))
+        )))
     });
+    let route_sampler = route_sampler.transpose()?;
     let load = {
         let (opts, clients, history, ids) =
             (opts.clone(), clients.clone(), history.clone(), ids.clone());
@@ -622,11 +623,10 @@ async fn monitor(
 /// out: a nameserver cut off from the harness says nothing either way.
 async fn sample_routes(
     nameservers: Vec<(u64, String)>,
-    out: std::io::Result<File>,
+    mut out: File,
     start: Instant,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<RouteSample> {
-    let mut out = out.ok();
     let mut samples = Vec::new();
     loop {
         let answers = futures::future::join_all(
@@ -643,8 +643,8 @@ async fn sample_routes(
                 nameserver: *id,
                 leader,
             };
-            if let (Some(f), Ok(line)) = (out.as_mut(), serde_json::to_string(&sample)) {
-                let _ = writeln!(f, "{line}");
+            if let Ok(line) = serde_json::to_string(&sample) {
+                let _ = writeln!(out, "{line}");
             }
             samples.push(sample);
         }
