@@ -153,26 +153,44 @@ impl AccessPoint {
         queues
     }
 
-    /// The group to relay a call about `topic` to: the one the client named (by broker
-    /// name) if it hosts the topic, else the hosting groups in turn.
+    /// The group to relay a call about `topic` to. A call that names a broker group (a
+    /// queue's broker, a receipt handle's issuer) goes to that group only: another group
+    /// would refuse the handle or, worse, answer for its own queue of the same id. The
+    /// group is looked up by name when this nameserver's copy of its topics is behind
+    /// (a report or gossip round not yet in). A call naming no group takes the hosting
+    /// groups in turn.
+    fn pick_group(&self, topic: &str, broker_name: Option<&str>) -> Result<GroupView, Status> {
+        let groups = self.state.topic_groups(topic);
+        match broker_name {
+            Some(b) => groups
+                .iter()
+                .find(|g| g.name == b)
+                .cloned()
+                .or_else(|| self.state.group(b))
+                .ok_or_else(|| {
+                    Status::unavailable(format!(
+                        "broker group {b:?} (named by the request for topic {topic:?}) is not \
+                         known to this nameserver; retry after the next route refresh"
+                    ))
+                }),
+            None => (!groups.is_empty())
+                .then(|| &groups[self.next.fetch_add(1, Ordering::Relaxed) % groups.len()])
+                .cloned()
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "topic {topic:?} is not hosted by any live broker group"
+                    ))
+                }),
+        }
+    }
+
+    /// A client for the group `pick_group` chooses: its leader, else a live node.
     fn pick(
         &self,
         topic: &str,
         broker_name: Option<&str>,
     ) -> Result<MessagingServiceClient<Channel>, Status> {
-        let groups = self.state.topic_groups(topic);
-        let g = broker_name
-            .and_then(|b| groups.iter().find(|g| g.name == b))
-            .or_else(|| {
-                (!groups.is_empty())
-                    .then(|| &groups[self.next.fetch_add(1, Ordering::Relaxed) % groups.len()])
-            })
-            .cloned()
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "topic {topic:?} is not hosted by any live broker group"
-                ))
-            })?;
+        let g = self.pick_group(topic, broker_name)?;
         let addr = State::group_target(&g).ok_or_else(|| {
             Status::unavailable(format!("broker group {} has no live node", g.name))
         })?;
@@ -239,6 +257,17 @@ fn not_hosted(topic: &str) -> pb::Status {
     )
 }
 
+/// The in-band status for a call `pick` found no group for: an unhosted topic is
+/// TOPIC_NOT_FOUND; a named group this nameserver does not know (yet), or one with no live
+/// node, is a server-side condition the client retries.
+fn refusal(topic: &str, why: &Status) -> pb::Status {
+    if why.code() == tonic::Code::NotFound {
+        not_hosted(topic)
+    } else {
+        rocketraft_broker::service::status::status(pb::Code::InternalServerError, why.message())
+    }
+}
+
 /// Relays a unary call about `$topic` to a group hosting it; an unknown topic gets an
 /// in-band TOPIC_NOT_FOUND built by `$refuse`.
 macro_rules! relay {
@@ -252,7 +281,7 @@ macro_rules! relay {
         };
         match $self.pick(&topic, broker.as_deref()) {
             Ok(mut client) => client.$rpc(with_client_headers(&md, body)).await,
-            Err(_) => Ok(Response::new($refuse(not_hosted(&topic)))),
+            Err(why) => Ok(Response::new($refuse(refusal(&topic, &why)))),
         }
     }};
 }
@@ -261,8 +290,10 @@ fn queue_topic(mq: &Option<pb::MessageQueue>) -> &str {
     mq.as_ref().map(|q| topic_of(&q.topic)).unwrap_or_default()
 }
 
+/// The broker group a queue names; an empty name names none.
 fn queue_broker(mq: &Option<pb::MessageQueue>) -> Option<&str> {
-    mq.as_ref()?.broker.as_ref().map(|b| b.name.as_str())
+    let name = mq.as_ref()?.broker.as_ref()?.name.as_str();
+    (!name.is_empty()).then_some(name)
 }
 
 #[tonic::async_trait]
@@ -431,14 +462,14 @@ impl MessagingService for AccessPoint {
                         .await?
                         .into_inner()
                 }
-                Err(_) => pb::AckMessageResponse {
-                    status: Some(not_hosted(&topic)),
+                Err(why) => pb::AckMessageResponse {
+                    status: Some(refusal(&topic, &why)),
                     entries: part
                         .into_iter()
                         .map(|e| pb::AckMessageResultEntry {
                             message_id: e.message_id,
                             receipt_handle: e.receipt_handle,
-                            status: Some(not_hosted(&topic)),
+                            status: Some(refusal(&topic, &why)),
                         })
                         .collect(),
                 },
@@ -666,5 +697,98 @@ impl MessagingService for AccessPoint {
         Ok(Response::new(pb::SyncLiteSubscriptionResponse {
             status: not_implemented("SyncLiteSubscription"),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NameserverConfig;
+    use rocketraft_proto::nameserver as npb;
+
+    fn leader_report(group: &str, port: u16, topics: &[&str]) -> npb::NodeReport {
+        npb::NodeReport {
+            group: group.into(),
+            node_id: 1,
+            addr: format!("127.0.0.1:{port}"),
+            role: npb::Role::Leader as i32,
+            term: 1,
+            topics: topics
+                .iter()
+                .map(|t| apb::TopicConfig {
+                    name: (*t).into(),
+                    queue_count: 1,
+                    ..Default::default()
+                })
+                .collect(),
+            version: Some(npb::Version {
+                term: 1,
+                incarnation: 1,
+                counter: 1,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn access_point(reports: Vec<npb::NodeReport>) -> AccessPoint {
+        let state = State::new(&NameserverConfig {
+            listen: "127.0.0.1:0".parse().expect("a socket address"),
+            advertise: None,
+            peers: Vec::new(),
+            gossip_interval_ms: 1000,
+            gossip_fanout: 1,
+            expiry_ms: 60_000,
+            auto_create_topic_queues: 0,
+            http_listen: None,
+        });
+        {
+            let mut registry = state.registry.lock().expect("lock poisoned");
+            for r in reports {
+                assert!(registry.merge(r, std::time::Instant::now()));
+            }
+        }
+        AccessPoint::new(Arc::new(state))
+    }
+
+    /// The stop-15 CI failure: this nameserver's report of g2 predates the topic, and an ack
+    /// of g2's handles went to g1 (which refused every one). A named group is never swapped.
+    #[test]
+    fn a_named_group_is_never_swapped_for_another() {
+        let ap = access_point(vec![
+            leader_report("g1", 9001, &["T"]),
+            leader_report("g2", 9002, &[]),
+        ]);
+        for _ in 0..4 {
+            let g = ap.pick_group("T", Some("g2")).expect("g2 is known");
+            assert_eq!(g.name, "g2");
+        }
+        let unknown = ap.pick_group("T", Some("g3")).expect_err("g3 is unknown");
+        assert_eq!(unknown.code(), tonic::Code::Unavailable);
+        assert!(
+            unknown.message().contains("\"g3\""),
+            "{}",
+            unknown.message()
+        );
+        let refused = refusal("T", &unknown);
+        assert_eq!(refused.code, pb::Code::InternalServerError as i32);
+
+        // Unnamed: only groups hosting the topic, in turn.
+        for _ in 0..4 {
+            assert_eq!(ap.pick_group("T", None).expect("g1 hosts T").name, "g1");
+        }
+        let missing = ap
+            .pick_group("Other", None)
+            .expect_err("nobody hosts Other");
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        assert_eq!(
+            refusal("Other", &missing).code,
+            pb::Code::TopicNotFound as i32
+        );
+        // An empty broker name names no group.
+        let mq = Some(pb::MessageQueue {
+            broker: Some(pb::Broker::default()),
+            ..Default::default()
+        });
+        assert_eq!(queue_broker(&mq), None);
     }
 }
