@@ -226,6 +226,9 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
     for key in 0..keys(opts) {
         cluster.create_topic(&opts.workload.topic(key), 1).await?;
     }
+    if opts.workload == Workload::Group {
+        cluster.put_consumer_group(crate::group::GROUP).await?;
+    }
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
 
     let history = Arc::new(HistoryWriter::create(dir.join("history.jsonl"))?);
