@@ -250,20 +250,21 @@ async fn run_in(opts: &RunOptions, dir: &Path, cluster: &mut Cluster) -> Result<
         start,
         stop_rx.clone(),
     ));
-    let route_sampler = (opts.nameservers > 0).then(|| {
+    let route_sampler = if opts.nameservers > 0 {
         let nameservers = cluster
             .nameservers
             .iter()
             .map(|n| (n.id, n.addr.clone()))
             .collect();
-        anyhow::Ok(tokio::spawn(sample_routes(
+        Some(tokio::spawn(sample_routes(
             nameservers,
             File::create(dir.join("routes.jsonl"))?,
             start,
             stop_rx.clone(),
         )))
-    });
-    let route_sampler = route_sampler.transpose()?;
+    } else {
+        None
+    };
     let load = {
         let (opts, clients, history, ids) =
             (opts.clone(), clients.clone(), history.clone(), ids.clone());
