@@ -203,7 +203,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8> {
             let mut verdicts = Vec::new();
             for (i, (nemesis, nodes, repeat, workload)) in plan.into_iter().enumerate() {
                 let faults = parse_faults(nemesis)?;
-                let name = run_name(workload, nemesis, faults.is_empty());
+                let name = entry_name(workload, nemesis, faults.is_empty(), nodes);
                 if !only.is_empty() && !only.contains(&name) {
                     continue;
                 }
@@ -275,14 +275,24 @@ fn is_register_history(ops: &[Op]) -> bool {
 /// A run's directory name (before the seed): the faults, prefixed by the workload unless
 /// it is the log workload (whose names predate the option).
 fn run_name(workload: Workload, nemesis: &str, no_faults: bool) -> String {
+    entry_name(workload, nemesis, no_faults, None)
+}
+
+/// A suite entry's name: its run name, plus the node count when the entry fixes one, so
+/// that `--only partition` and `--only partition-5nodes` each select one entry.
+fn entry_name(workload: Workload, nemesis: &str, no_faults: bool, nodes: Option<usize>) -> String {
     let faults = if no_faults {
         "none".to_string()
     } else {
         nemesis.replace(',', "+")
     };
-    match workload {
+    let name = match workload {
         Workload::Log => faults,
         other => format!("{}-{faults}", other.name()),
+    };
+    match nodes {
+        Some(n) => format!("{name}-{n}nodes"),
+        None => name,
     }
 }
 
@@ -466,6 +476,27 @@ mod tests {
         };
         assert_eq!(registers("smoke").ok(), Some(1));
         assert_eq!(registers("long").ok(), Some(1));
+    }
+
+    #[test]
+    fn every_suite_entry_has_a_name_of_its_own() -> Result<()> {
+        for which in ["smoke", "long"] {
+            let mut names = std::collections::BTreeSet::new();
+            for (nemesis, nodes, _, workload) in suite(which)? {
+                let faults = parse_faults(nemesis)?;
+                let name = entry_name(workload, nemesis, faults.is_empty(), nodes);
+                // Smoke repeats the partition faults with another workload; names differ.
+                assert!(
+                    names.insert(name.clone()),
+                    "{which}: two entries named {name}"
+                );
+            }
+        }
+        assert_eq!(
+            entry_name(Workload::Log, "partition", false, Some(5)),
+            "partition-5nodes"
+        );
+        Ok(())
     }
 
     #[test]
