@@ -262,7 +262,7 @@ impl Runner {
                 let fill_rate = filled.messages as f64 / filled.elapsed.as_secs_f64().max(1e-9);
                 let subs = self.subscribers(dest, cell).await?;
                 let before = self.begin()?;
-                let o = load::consume(
+                let mut o = load::consume(
                     subs,
                     &payloads,
                     filled.messages,
@@ -270,6 +270,13 @@ impl Runner {
                     max,
                 )
                 .await?;
+                // A fill that failed leaves nothing to drain: its errors must show in the
+                // cell, or an empty backlog would read as a clean run of 0 msgs/s.
+                o.errors += filled.errors;
+                o.unsent += filled.unsent;
+                if o.first_error.is_none() {
+                    o.first_error = filled.first_error;
+                }
                 (
                     o,
                     before.until(&self.watched.sample()?),
