@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing rocketraft needs beyond a Rust toolchain:
-# - clang and libclang, for RocksDB's bindgen and C++ build;
+# - clang and libclang, for RocksDB's bindgen and C++ build; make, for jemalloc's (the
+#   broker's allocator);
 # - a virtualenv with the official RocketMQ 5 Python client, for the interop tests;
 # - iproute2 and nftables, for the jepsen harness's network namespaces and partitions,
 #   fonts-dejavu-core, the font of its plots, libfaketime (package faketime), for its clock
@@ -21,7 +22,7 @@ apt_install() {
 }
 
 need=()
-for pkg in clang libclang-dev python3 python3-venv iproute2 nftables fonts-dejavu-core \
+for pkg in clang libclang-dev make python3 python3-venv iproute2 nftables fonts-dejavu-core \
   faketime fuse3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -5,6 +5,13 @@ use rocketraft_broker::config::BrokerArgs;
 use rocketraft_broker::node::BrokerNode;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc's malloc: with glibc's per-thread arenas a node's resident set
+/// grew well past what it used (filling a 1 M-message backlog: peaks of 254-305 MiB, of
+/// which RocksDB's memtables and block cache held at most 118), as freed memory stayed
+/// scattered over a dozen arenas. docs/benchmarks.md has the measurements.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = BrokerArgs::parse();

@@ -46,6 +46,7 @@ struct Gauges {
     leader_changes: IntCounter,
     proposals_in_flight: IntGauge,
     storage_bytes: IntGaugeVec,
+    storage_memory_bytes: IntGaugeVec,
     appended: IntGauge,
     delivered: IntGauge,
     acked: IntGauge,
@@ -143,6 +144,12 @@ impl Gauges {
                 "rocketraft_storage_bytes",
                 "Bytes on disk by store (raft-log, state)",
                 &["store"],
+            )?,
+            storage_memory_bytes: gauge_vec(
+                r,
+                "rocketraft_storage_memory_bytes",
+                "RocksDB memory of this node by kind (memtables, block_cache); each has a fixed budget",
+                &["kind"],
             )?,
             appended: gauge(
                 r,
@@ -264,6 +271,15 @@ impl BrokerMetrics {
             g.storage_bytes
                 .with_label_values(&[store])
                 .set(as_i64(crate::ops::dir_bytes(&self.data_dir.join(dir))));
+        }
+        let memory = rocketraft_raft_store::memory_usage();
+        for (kind, bytes) in [
+            ("memtables", memory.memtable_bytes),
+            ("block_cache", memory.block_cache_bytes),
+        ] {
+            g.storage_memory_bytes
+                .with_label_values(&[kind])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
         let counts = self.reader.applied_counts();
         g.appended.set(as_i64(counts.appended));

@@ -12,7 +12,8 @@
 //!   prepared messages) and [`StateReader`] for reads.
 //! - [`snapshot`]: the snapshot file format (a checksummed dump of the state machine).
 //! - [`network`]: the Raft transport over tonic, client and server side.
-//! - `rocks`: RocksDB tuning shared by both databases.
+//! - `rocks`: RocksDB tuning shared by both databases, and the process's RocksDB memory
+//!   budget (one block cache, one cap on memtables), read by [`memory_usage`].
 //!
 //! The broker crate owns everything client-facing; it talks to the group only by proposing
 //! [`Command`]s through openraft and reading applied state through [`StateReader`].
@@ -34,6 +35,7 @@ pub mod types;
 
 pub use log_store::{LogFlush, LogStore};
 pub use network::{NetworkFactory, RaftTransportService};
+pub use rocks::{MemoryUsage, memory_usage};
 pub use state_machine::{
     AppliedCounts, HalfMessage, PopReadiness, QueueProgress, QueueState, ReadError,
     StateMachineStore, StateReader,

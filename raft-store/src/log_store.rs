@@ -36,8 +36,12 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 /// Bytes of stored entries one replication request carries at most (unless a single entry
 /// is larger): well below the transport's `RAFT_MESSAGE_BYTES_MAX`, leaving room for
-/// framing, and small enough that a follower's append and fsync stay short.
-pub const REPLICATION_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// framing, and small enough that a follower's append and fsync stay short. openraft gives
+/// each AppendEntries one heartbeat interval (100 ms by default) and sends it again when
+/// that passes; with 16 MiB a loaded follower often took longer, so the same entries went
+/// out again and again while the leader held copies of them for each try (up to 999 such
+/// timeouts in a one-minute fill, and 100+ MiB more resident on the leader).
+pub const REPLICATION_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// WAL bytes the log keeps before forcing the flushes that let old WAL files go.
 const LOG_WAL_BYTES_MAX: u64 = 128 * 1024 * 1024;

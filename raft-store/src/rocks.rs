@@ -6,8 +6,60 @@
 //! data in 1 MiB steps instead, so a WAL fsync never waits behind tens of MB.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
-use rocksdb::{BlockBasedOptions, DBCompressionType, Options};
+use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferManager};
+
+/// The most memory the memtables of every database in this process may hold together.
+/// Each payload column family alone may grow to 3 x 32 MiB ([`payload_cf_options`]), and
+/// every other column family to RocksDB's default 2 x 64 MiB; without a common cap the
+/// memtables of a node taking a long burst held most of its resident set (docs/benchmarks.md).
+/// Past about 90 % of this, RocksDB flushes the column family being written.
+pub const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
+
+/// The block cache every column family of this process shares. Unset, RocksDB gives each
+/// column family its own 32 MiB cache, and a node has 15 column families.
+pub const BLOCK_CACHE_BYTES: usize = 16 << 20;
+
+/// RocksDB's memory in this process: one cache and one memtable budget for both of a node's
+/// databases (the Raft log and the state machine). A broker process is one node; a test
+/// process running several nodes shares one budget among them, which only flushes sooner.
+struct Budget {
+    cache: Cache,
+    memtables: WriteBufferManager,
+}
+
+fn budget() -> &'static Budget {
+    static BUDGET: OnceLock<Budget> = OnceLock::new();
+    BUDGET.get_or_init(|| Budget {
+        cache: Cache::new_lru_cache(BLOCK_CACHE_BYTES),
+        // No stall: a writer over budget triggers flushes rather than waiting for them;
+        // the Raft log's appends must not block behind the state machine's flush.
+        memtables: WriteBufferManager::new_write_buffer_manager(MEMTABLE_BUDGET_BYTES, false),
+    })
+}
+
+/// What RocksDB holds in memory in this process, for the metrics endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryUsage {
+    pub memtable_bytes: usize,
+    pub block_cache_bytes: usize,
+}
+
+pub fn memory_usage() -> MemoryUsage {
+    let b = budget();
+    MemoryUsage {
+        memtable_bytes: b.memtables.get_usage(),
+        block_cache_bytes: b.cache.get_usage(),
+    }
+}
+
+/// A block-based table with the process's shared cache.
+fn table() -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&budget().cache);
+    table
+}
 
 /// Options for a database (not its column families) that will live in `dir`.
 ///
@@ -23,6 +75,7 @@ pub fn db_options(dir: &Path) -> Options {
     opts.set_bytes_per_sync(1 << 20);
     opts.set_max_background_jobs(2);
     opts.set_use_direct_io_for_flush_and_compaction(direct_io_supported(dir));
+    opts.set_write_buffer_manager(&budget().memtables);
     opts
 }
 
@@ -58,7 +111,7 @@ fn direct_io_supported(dir: &Path) -> bool {
 /// block. With 4 KiB blocks that was a disk read per 3 or 4 messages, and draining a backlog
 /// waited on the disk (about 50k msgs/s, docs/benchmarks.md); with 64 a read brings about 60.
 pub fn payload_cf_options() -> Options {
-    let mut table = BlockBasedOptions::default();
+    let mut table = table();
     table.set_block_size(64 << 10);
     let mut opts = Options::default();
     opts.set_block_based_table_factory(&table);
@@ -68,10 +121,13 @@ pub fn payload_cf_options() -> Options {
     opts
 }
 
-/// Options for small column families (metadata, offsets): RocksDB's defaults.
-/// (`bytes_per_sync` is a database option, set in [`db_options`]; column families ignore it.)
+/// Options for small column families (metadata, offsets): RocksDB's defaults but the
+/// shared cache. (`bytes_per_sync` is a database option, set in [`db_options`]; column
+/// families ignore it.)
 pub fn small_cf_options() -> Options {
-    Options::default()
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table());
+    opts
 }
 
 /// Options for a column family of point lookups that mostly miss: the message-id index,
@@ -80,7 +136,7 @@ pub fn small_cf_options() -> Options {
 /// without reading a block: without them those lookups took about 14% of a leader's CPU
 /// under load, walking every level's index and data blocks.
 pub fn lookup_cf_options() -> Options {
-    let mut table = BlockBasedOptions::default();
+    let mut table = table();
     table.set_bloom_filter(10.0, false);
     table.set_whole_key_filtering(true);
     let mut opts = Options::default();
