@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use common::{Cluster, append_retrying, batch};
 use rocketraft_client::membership::{BrokerGroup, http_get};
+use rocketraft_raft_store::{BLOCK_CACHE_BYTES, MEMTABLE_BUDGET_BYTES};
 use tokio::time::Instant;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +94,20 @@ async fn health_readiness_and_metrics_follow_the_group() -> anyhow::Result<()> {
             "node {id} reports the queue's offset:\n{m}"
         );
         assert!(m.contains(r#"rocketraft_storage_bytes{store="raft-log"}"#));
+        // RocksDB's memory is reported and within the node's budget (50 small messages
+        // stay far below it; memtables hold them, so they are not empty).
+        let memtables = sample(&m, r#"rocketraft_storage_memory_bytes{kind="memtables"}"#)
+            .context("memtables")?;
+        assert!(
+            memtables > 0.0 && memtables <= MEMTABLE_BUDGET_BYTES as f64,
+            "node {id}: memtables {memtables}"
+        );
+        let cache = sample(&m, r#"rocketraft_storage_memory_bytes{kind="block_cache"}"#)
+            .context("block cache")?;
+        assert!(
+            cache <= BLOCK_CACHE_BYTES as f64,
+            "node {id}: block cache {cache}"
+        );
         assert_eq!(sample(&m, "rocketraft_raft_voters"), Some(3.0));
     }
     assert_eq!(leaders, 1.0, "exactly one node reports leading");

@@ -35,7 +35,7 @@ pub mod types;
 
 pub use log_store::{LogFlush, LogStore};
 pub use network::{NetworkFactory, RaftTransportService};
-pub use rocks::{MemoryUsage, memory_usage};
+pub use rocks::{BLOCK_CACHE_BYTES, MEMTABLE_BUDGET_BYTES, MemoryUsage, memory_usage};
 pub use state_machine::{
     AppliedCounts, HalfMessage, PopReadiness, QueueProgress, QueueState, ReadError,
     StateMachineStore, StateReader,

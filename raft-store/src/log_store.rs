@@ -39,8 +39,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// framing, and small enough that a follower's append and fsync stay short. openraft gives
 /// each AppendEntries one heartbeat interval (100 ms by default) and sends it again when
 /// that passes; with 16 MiB a loaded follower often took longer, so the same entries went
-/// out again and again while the leader held copies of them for each try (up to 999 such
-/// timeouts in a one-minute fill, and 100+ MiB more resident on the leader).
+/// out again and again while the leader held copies of them for each try (in one
+/// one-minute fill, 999 such timeouts and a leader at 339 MiB instead of about 240).
 pub const REPLICATION_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// WAL bytes the log keeps before forcing the flushes that let old WAL files go.

@@ -12,9 +12,10 @@ use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferM
 
 /// The most memory the memtables of every database in this process may hold together.
 /// Each payload column family alone may grow to 3 x 32 MiB ([`payload_cf_options`]), and
-/// every other column family to RocksDB's default 2 x 64 MiB; without a common cap the
-/// memtables of a node taking a long burst held most of its resident set (docs/benchmarks.md).
-/// Past about 90 % of this, RocksDB flushes the column family being written.
+/// every other column family to RocksDB's default 2 x 64 MiB, so without a common cap the
+/// bound was several hundred MiB (filling a 1 M-message backlog they reached 86 MiB while
+/// nodes peaked at 250-305 MiB, docs/benchmarks.md). Past about 90 % of this, RocksDB
+/// flushes the column family being written.
 pub const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
 
 /// The block cache every column family of this process shares. Unset, RocksDB gives each
