@@ -279,7 +279,7 @@ impl BrokerMetrics {
         ] {
             g.storage_memory_bytes
                 .with_label_values(&[kind])
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                .set(as_i64(bytes as u64));
         }
         let counts = self.reader.applied_counts();
         g.appended.set(as_i64(counts.appended));

@@ -35,6 +35,18 @@ pub struct Outcome {
     pub hist: Histogram<u64>,
 }
 
+impl Outcome {
+    /// Counts `other`'s errors in this outcome (its messages and latencies are not this
+    /// side's): a cell measured on one side still fails visibly when the other side did.
+    pub fn add_errors_of(&mut self, other: Outcome) {
+        self.errors += other.errors;
+        self.unsent += other.unsent;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
 /// 1 us to 10 min at 3 significant digits; every system's latencies go into one of these.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds are valid")

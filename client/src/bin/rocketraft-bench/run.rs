@@ -230,11 +230,7 @@ impl Runner {
                 let (consumed, produced) = tokio::join!(consuming, producing);
                 let (mut consumed, produced) = (consumed?, produced?);
                 // Errors of either side count; the latency is the consumers'.
-                consumed.errors += produced.errors;
-                consumed.unsent += produced.unsent;
-                if consumed.first_error.is_none() {
-                    consumed.first_error = produced.first_error;
-                }
+                consumed.add_errors_of(produced);
                 (consumed, before.until(&self.watched.sample()?), None, "e2e")
             }
             Mode::Drain => {
@@ -272,11 +268,7 @@ impl Runner {
                 .await?;
                 // A fill that failed leaves nothing to drain: its errors must show in the
                 // cell, or an empty backlog would read as a clean run of 0 msgs/s.
-                o.errors += filled.errors;
-                o.unsent += filled.unsent;
-                if o.first_error.is_none() {
-                    o.first_error = filled.first_error;
-                }
+                o.add_errors_of(filled);
                 (
                     o,
                     before.until(&self.watched.sample()?),
